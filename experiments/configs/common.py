@@ -1,0 +1,56 @@
+"""Defaults shared by every config: data, optimiser, schedule, evaluation. Model configs override pieces."""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.num_devices = 0  # 0: every device (all hosts)
+
+    c.data = ml_collections.ConfigDict()
+    c.data.paths = ""  # comma-separated session folders or globs; empty: the built-in synthetic dataset
+    c.data.cache_dir = "~/.cache/sensorium_jax"
+    c.data.synthetic = ml_collections.ConfigDict()  # SyntheticConfig overrides (defaults when empty)
+    c.data.validate = "full"  # or "headers" (skips the NaN scan of every frame on the full competition data)
+    c.data.batch_size = 8  # clips per mouse per optimiser step
+    c.data.clip_frames = 80
+    c.data.num_workers = 0  # Grain worker processes (0: threads in this process)
+    c.data.prefetch = 2
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.lr = 0.005
+    c.optim.weight_decay = 0.01  # torch AdamW's default, which the reference leaves in place
+    c.optim.core_lr = 0.0  # 0: same as lr
+    c.optim.core_weight_decay = None
+    c.optim.clip_grad_norm = 0.0
+
+    c.train = ml_collections.ConfigDict()
+    c.train.max_epochs = 200
+    c.train.steps_per_epoch = 0  # 0: one pass over the largest mouse's train trials
+    c.train.log_every = 10
+    c.train.correlation_weight = 0.0
+    c.train.loss_last_frames = 0
+
+    c.schedule = ml_collections.ConfigDict()
+    c.schedule.patience = 5
+    c.schedule.factor = 0.3
+    c.schedule.tolerance = 1e-6
+    c.schedule.min_lr = 1e-4
+    c.schedule.lr_decay_steps = 4
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.batch_size = 8
+    return c
+
+
+def parse_variant(arg: str | None) -> dict[str, str]:
+    """``"cpu"`` or ``"cpu,epochs=3"`` → {"cpu": "", "epochs": "3"}."""
+    out = {}
+    for part in (arg or "").split(","):
+        if part:
+            key, _, value = part.partition("=")
+            out[key.strip()] = value.strip()
+    return out

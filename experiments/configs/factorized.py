@@ -1,0 +1,49 @@
+"""The SENSORIUM 2023 factorised baseline (sensorium_2023 ``benchmarks_training.ipynb``).
+
+``--config=factorized``: the reference recipe (3 layers 32/64/128, kernels 11/5/5, batch 8 × 80 frames per mouse,
+AdamW lr 0.005, early stopping on the oracle tier). ``--config=factorized:cpu``: a small variant that learns the
+built-in synthetic dataset in minutes on a 2-core CPU (the reference recipe is made for GPUs and long runs).
+"""
+
+import ml_collections
+
+from experiments.configs.common import base_config, parse_variant
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    variant = parse_variant(arg)
+    c = base_config()
+    c.model = ml_collections.ConfigDict()
+    c.model.core = ml_collections.ConfigDict(
+        dict(
+            name="factorized",
+            hidden_channels=(32, 64, 128),
+            spatial_kernels=(11, 5, 5),
+            temporal_kernels=(11, 5, 5),
+            bn_momentum=0.7,
+            gamma_input_spatial=10.0,
+            gamma_input_temporal=0.01,
+            compute_dtype="float32",
+        )
+    )
+    c.model.readout = ml_collections.ConfigDict(dict(init_sigma=1.0, grid_hidden=30, gamma_readout=0.0))
+    c.model.shifter = ml_collections.ConfigDict(dict(hidden=(5, 5)))
+    c.model.use_shifter = True
+    c.model.behavior_channels = True  # [pupil dilation, running speed] as constant input channels
+    c.model.pupil_center_channels = False  # the pupil centre drives the shifter instead
+    c.model.output = "elu1"
+
+    if "cpu" in variant:
+        c.model.core.hidden_channels = (16, 16, 16)
+        c.model.core.spatial_kernels = (9, 5, 5)
+        c.model.core.temporal_kernels = (9, 5, 3)
+        c.data.batch_size = 4
+        c.data.clip_frames = 48
+        c.optim.lr = 0.01
+        c.train.max_epochs = 30
+        c.train.steps_per_epoch = 25
+        c.schedule.patience = 3
+        c.schedule.lr_decay_steps = 3
+    if "epochs" in variant:
+        c.train.max_epochs = int(variant["epochs"])
+    return c

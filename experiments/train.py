@@ -1,0 +1,38 @@
+"""Train and evaluate a model: ``python -m experiments.train --config=factorized:cpu --workdir=runs/demo``.
+
+Any config in ``experiments/configs/`` works by name; override fields with ``--config.optim.lr=0.001``.
+Multi-host: start the same command on every host (``--coordinator=host:port --num_processes --process_id``
+where the launcher does not set them up itself, e.g. outside TPU pods and SLURM).
+"""
+
+from __future__ import annotations
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from experiments.config_flags_util import resolve_config_argv
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "experiments/configs/<name>.py[:variant]", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints, logs and metrics go (resumes if present)")
+_COORDINATOR = flags.DEFINE_string("coordinator", "", "multi-host: coordinator address host:port")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "multi-host: number of processes")
+_PROCESS_ID = flags.DEFINE_integer("process_id", -1, "multi-host: this process's id")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    from sensorium_jax import parallel
+
+    parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    from sensorium_jax.training.loop import train_and_evaluate
+
+    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    return flags.FLAGS(resolve_config_argv(argv))
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,160 @@
+"""Grain input pipelines: random training clips grouped per mouse, and full-length evaluation trials.
+
+Training element ``i`` is one optimiser step ("round"): a sub-batch of ``batch_size`` random clips from *every*
+mouse, stacked as ``(M, b, T, ...)``. Element ``i`` is a pure function of ``(seed, i)`` — mouse ``m`` walks through
+its train trials in epochs of fresh permutations, and each clip start is drawn from a generator seeded by
+``(seed, m, clip)`` — so the stream is deterministic, independent of the number of workers, and its Grain
+iterator state (a position) checkpoints and resumes exactly.
+
+Multi-host: each process loads only its slice ``[p·b, (p+1)·b)`` of every mouse's sub-batch, with
+``b = batch_size / process_count``; the train step assembles the global batch with
+``jax.make_array_from_process_local_data``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+
+import grain
+import numpy as np
+
+from sensorium_jax.data import layout
+from sensorium_jax.data.reader import Session
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipSpec:
+    batch_size: int  # clips per mouse per step, over all processes
+    clip_frames: int  # e.g. 80
+    max_neurons: int  # responses are zero-padded to this many neurons
+    seed: int = 0
+    process_index: int = 0
+    process_count: int = 1
+
+    @property
+    def local_batch_size(self) -> int:
+        return self.batch_size // self.process_count
+
+
+def check_divisibility(batch_size: int, process_count: int, device_count: int) -> None:
+    """Fail at start-up, not deep in XLA, when the batch cannot be split over processes and devices."""
+    if batch_size % device_count:
+        raise ValueError(
+            f"batch size {batch_size} (clips per mouse per step) is not divisible by the {device_count} devices "
+            "it is sharded over; choose a multiple of the device count"
+        )
+    if batch_size % process_count:
+        raise ValueError(f"batch size {batch_size} is not divisible by the {process_count} processes")
+
+
+class TrainRound:
+    """Maps a round index to the stacked clips of every mouse (numpy only, picklable for Grain workers)."""
+
+    def __init__(self, sessions: Sequence[Session], spec: ClipSpec):
+        self.sessions = list(sessions)
+        self.spec = spec
+        self.train_trials = []
+        for session in self.sessions:
+            trials = session.trials(layout.Tier.TRAIN.value)
+            long_enough = trials[session.valid_lengths[trials] >= spec.clip_frames]
+            if long_enough.size == 0:
+                raise ValueError(
+                    f"{session.path}: no train trial has the {spec.clip_frames} valid frames a clip needs"
+                )
+            self.train_trials.append(long_enough)
+
+    def clip(self, mouse: int, clip_index: int) -> tuple[int, int]:
+        """(trial, start frame) of the ``clip_index``-th training clip of a mouse."""
+        trials = self.train_trials[mouse]
+        epoch, position = divmod(clip_index, len(trials))
+        order = np.random.default_rng([self.spec.seed, mouse, epoch]).permutation(len(trials))
+        trial = int(trials[order[position]])
+        length = int(self.sessions[mouse].valid_lengths[trial])
+        start = int(np.random.default_rng([self.spec.seed, mouse, clip_index, 1]).integers(0, length - self.spec.clip_frames + 1))
+        return trial, start
+
+    def __call__(self, round_index: int) -> dict[str, np.ndarray]:
+        spec = self.spec
+        b, frames = spec.local_batch_size, spec.clip_frames
+        m = len(self.sessions)
+        batch = {
+            "videos": np.zeros((m, b, frames, layout.VIDEO_HEIGHT, layout.VIDEO_WIDTH), np.float32),
+            "responses": np.zeros((m, b, frames, spec.max_neurons), np.float32),
+            "behavior": np.zeros((m, b, frames, layout.BEHAVIOR_CHANNELS), np.float32),
+            "pupil_center": np.zeros((m, b, frames, layout.PUPIL_CENTER_CHANNELS), np.float32),
+        }
+        first = int(round_index) * spec.batch_size + spec.process_index * b
+        for mouse, session in enumerate(self.sessions):
+            for slot in range(b):
+                trial, start = self.clip(mouse, first + slot)
+                data = session.load(trial, start, start + frames)
+                for key, value in data.items():
+                    batch[key][mouse, slot, :, ..., : value.shape[-1]] = value
+        return batch
+
+
+def train_dataset(sessions: Sequence[Session], spec: ClipSpec, num_rounds: int) -> grain.MapDataset:
+    return grain.MapDataset.range(num_rounds).map(TrainRound(sessions, spec))
+
+
+def train_iterator(
+    sessions: Sequence[Session], spec: ClipSpec, num_rounds: int, num_workers: int = 0, prefetch: int = 2
+) -> grain.DatasetIterator:
+    """Checkpointable iterator over training rounds; ``num_workers > 0`` loads in worker processes."""
+    dataset = train_dataset(sessions, spec, num_rounds).to_iter_dataset(
+        grain.ReadOptions(num_threads=max(1, prefetch), prefetch_buffer_size=prefetch)
+    )
+    if num_workers > 0:
+        dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+    return iter(dataset)
+
+
+@dataclasses.dataclass
+class EvalBatch:
+    """Full-length trials of one mouse, padded to a common length ``T`` and batch size ``E``."""
+
+    mouse: int
+    trials: np.ndarray  # (E,) trial index, -1 for padding rows
+    lengths: np.ndarray  # (E,) valid frames used (0 for padding rows)
+    videos: np.ndarray  # (E, T, H, W)
+    behavior: np.ndarray  # (E, T, 2)
+    pupil_center: np.ndarray  # (E, T, 2)
+    responses: np.ndarray  # (E, T, N_max)
+
+
+def eval_batches(
+    session: Session,
+    mouse: int,
+    tier: str,
+    batch_size: int,
+    frames: int,
+    max_neurons: int,
+) -> Iterator[EvalBatch]:
+    """Every trial of a tier, whole, cut to ``frames`` (the benchmark scores the first 300) and zero-padded.
+
+    All batches share one shape, so the jitted inference compiles once.
+    """
+    trials = session.trials(tier)
+    for first in range(0, len(trials), batch_size):
+        chunk = trials[first : first + batch_size]
+        e = batch_size
+        batch = EvalBatch(
+            mouse=mouse,
+            trials=np.full(e, -1, np.int64),
+            lengths=np.zeros(e, np.int64),
+            videos=np.zeros((e, frames, layout.VIDEO_HEIGHT, layout.VIDEO_WIDTH), np.float32),
+            behavior=np.zeros((e, frames, layout.BEHAVIOR_CHANNELS), np.float32),
+            pupil_center=np.zeros((e, frames, layout.PUPIL_CENTER_CHANNELS), np.float32),
+            responses=np.zeros((e, frames, max_neurons), np.float32),
+        )
+        for row, trial in enumerate(chunk):
+            length = min(int(session.valid_lengths[trial]), frames)
+            data = session.load(int(trial), 0, length)
+            batch.trials[row] = trial
+            batch.lengths[row] = length
+            batch.videos[row, :length] = data["videos"]
+            batch.behavior[row, :length] = data["behavior"]
+            batch.pupil_center[row, :length] = data["pupil_center"]
+            batch.responses[row, :length, : session.num_neurons] = data["responses"]
+        yield batch

@@ -1,0 +1,123 @@
+"""``Factorized3dCore``: the SENSORIUM 2023 factorised baseline core (neuralpredictors ``Factorized3dCore``).
+
+Per layer: spatial conv (1, k, k) → temporal conv (t, 1, 1) (C → C) → BatchNorm → ELU; no padding in space or
+time, so the core is causal and its output starts ``burn_in = Σ (t_l − 1)`` frames after the input. Smoothness
+of the first layer's filters is encouraged by the normalised Laplace regularisers.
+
+Input: ``video (B, T, H, W)`` and ``constant_channels (B, T, K)`` — the behaviour channels, which the reference
+broadcasts over the image. A constant channel through an *unpadded* spatial conv contributes the same value at
+every output pixel (its value times the sum of its kernel), so it is added after a 1-channel conv instead of being
+convolved: identical result, a fraction of the work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from sensorium_jax.models.layers import (
+    conv2d_valid,
+    laplace_l2_norm,
+    laplace_l2_norm_1d,
+    temporal_conv_valid,
+    xavier_normal,
+)
+
+
+class FactorizedLayer(nnx.Module):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        spatial_kernel: int,
+        temporal_kernel: int,
+        bn_momentum: float,
+        *,
+        rngs: nnx.Rngs,
+    ):
+        k, kt = spatial_kernel, temporal_kernel
+        self.spatial = nnx.Param(
+            xavier_normal(rngs.params(), (k, k, in_channels, out_channels), in_channels * k * k, out_channels * k * k)
+        )
+        self.spatial_bias = nnx.Param(jnp.zeros((out_channels,)))
+        self.temporal = nnx.Param(
+            xavier_normal(rngs.params(), (kt, out_channels, out_channels), out_channels * kt, out_channels * kt)
+        )
+        self.temporal_bias = nnx.Param(jnp.zeros((out_channels,)))
+        # torch BatchNorm momentum m updates running = (1 − m)·running + m·batch, i.e. Flax momentum 1 − m.
+        self.norm = nnx.BatchNorm(out_channels, momentum=1.0 - bn_momentum, epsilon=1e-5, rngs=rngs)
+
+    def __call__(self, x: jax.Array, constant: jax.Array | None, train: bool) -> jax.Array:
+        b, t, h, w, c = x.shape
+        kernel = self.spatial[...]
+        dtype = x.dtype
+        if constant is not None:  # x holds the image channels only; the rest of the kernel sees constants
+            image_kernel, constant_kernel = kernel[:, :, :c], kernel[:, :, c:]
+        else:
+            image_kernel, constant_kernel = kernel, None
+        y = conv2d_valid(x.reshape(b * t, h, w, c), image_kernel)
+        y = y.reshape(b, t, *y.shape[1:])
+        bias = self.spatial_bias[...].astype(dtype)
+        if constant_kernel is not None:
+            y = y + jnp.einsum("btk,ko->bto", constant.astype(dtype), constant_kernel.sum((0, 1)).astype(dtype))[
+                :, :, None, None, :
+            ]
+        y = y + bias
+        y = temporal_conv_valid(y, self.temporal[...]) + self.temporal_bias[...].astype(dtype)
+        y = self.norm(y.astype(jnp.float32), use_running_average=not train).astype(dtype)
+        return jax.nn.elu(y)
+
+
+class Factorized3dCore(nnx.Module):
+    """The reference: 3 layers, channels 32/64/128, spatial kernels 11/5/5, temporal kernels 11/5/5."""
+
+    def __init__(
+        self,
+        image_channels: int = 1,
+        constant_channels: int = 2,
+        hidden_channels: Sequence[int] = (32, 64, 128),
+        spatial_kernels: Sequence[int] = (11, 5, 5),
+        temporal_kernels: Sequence[int] = (11, 5, 5),
+        bn_momentum: float = 0.7,
+        gamma_input_spatial: float = 10.0,
+        gamma_input_temporal: float = 0.01,
+        compute_dtype: str = "float32",
+        *,
+        rngs: nnx.Rngs,
+    ):
+        if not len(hidden_channels) == len(spatial_kernels) == len(temporal_kernels):
+            raise ValueError("hidden_channels, spatial_kernels and temporal_kernels need one entry per layer")
+        self.image_channels = image_channels
+        self.constant_channels = constant_channels
+        self.gamma_input_spatial = gamma_input_spatial
+        self.gamma_input_temporal = gamma_input_temporal
+        self.compute_dtype = jnp.dtype(compute_dtype)
+        inputs = [image_channels + constant_channels, *hidden_channels[:-1]]
+        self.layers = nnx.List(
+            [
+                FactorizedLayer(i, o, k, t, bn_momentum, rngs=rngs)
+                for i, o, k, t in zip(inputs, hidden_channels, spatial_kernels, temporal_kernels, strict=True)
+            ]
+        )
+        self.out_channels = int(hidden_channels[-1])
+        self.burn_in = int(sum(t - 1 for t in temporal_kernels))
+        self.spatial_shrink = int(sum(k - 1 for k in spatial_kernels))
+
+    def __call__(self, video: jax.Array, constants: jax.Array | None, *, train: bool) -> jax.Array:
+        """``video (B, T, H, W[, C])``, ``constants (B, T, K)`` → features ``(B, T − burn_in, H', W', C_out)``."""
+        x = video[..., None] if video.ndim == 4 else video
+        x = x.astype(self.compute_dtype)
+        if self.constant_channels == 0:
+            constants = None
+        for index, layer in enumerate(self.layers):
+            x = layer(x, constants if index == 0 else None, train)
+        return x
+
+    def regularizer(self) -> jax.Array:
+        first = self.layers[0]
+        return self.gamma_input_spatial * laplace_l2_norm(first.spatial[...]) + (
+            self.gamma_input_temporal * laplace_l2_norm_1d(first.temporal[...])
+        )

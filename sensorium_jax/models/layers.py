@@ -1,0 +1,78 @@
+"""Small building blocks shared by the cores and readouts: PyTorch-compatible initialisers, convolutions in
+the layouts XLA handles best, and the Laplace smoothness regularisers of neuralpredictors."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+
+class Constant(nnx.Variable):
+    """Non-trainable model data (neuron positions, masks): checkpointed with the model, never optimised."""
+
+
+def xavier_normal(key: jax.Array, shape: tuple[int, ...], fan_in: int, fan_out: int) -> jax.Array:
+    """``torch.nn.init.xavier_normal_`` for a conv kernel given its receptive-field-scaled fans."""
+    std = math.sqrt(2.0 / (fan_in + fan_out))
+    return std * jax.random.normal(key, shape, jnp.float32)
+
+
+def torch_linear_init(key: jax.Array, shape: tuple[int, ...], fan_in: int) -> jax.Array:
+    """``torch.nn.Linear``'s default init, U(−1/√fan_in, 1/√fan_in), for weights and biases alike."""
+    bound = 1.0 / math.sqrt(fan_in)
+    return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
+
+
+def conv2d_valid(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """Unpadded 2-D convolution, NHWC input, HWIO kernel."""
+    return jax.lax.conv_general_dilated(
+        x, kernel.astype(x.dtype), (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+
+
+def temporal_conv_valid(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """Unpadded (causal) convolution along time of a (B, T, H, W, C) tensor with a (kt, C_in, C_out) kernel.
+
+    Written as a sum of ``kt`` shifted channel matmuls: each is a plain GEMM over B·T·H·W rows, which XLA's CPU and
+    GPU backends run far faster than a 3-D convolution whose spatial kernel extent is 1.
+    """
+    kt = kernel.shape[0]
+    steps = x.shape[1] - kt + 1
+    kernel = kernel.astype(x.dtype)
+    out = jnp.einsum("bthwc,cd->bthwd", x[:, 0:steps], kernel[0])
+    for k in range(1, kt):
+        out = out + jnp.einsum("bthwc,cd->bthwd", x[:, k : k + steps], kernel[k])
+    return out
+
+
+_LAPLACE_2D = np.array([[0, -1, 0], [-1, 4, -1], [0, -1, 0]], np.float32)
+_LAPLACE_1D = np.array([-1, 4, -1], np.float32)
+
+
+def laplace_l2_norm(kernel_hwio: jax.Array) -> jax.Array:
+    """neuralpredictors ``LaplaceL2norm`` (padding 1): Σ(Laplace ∗ w)² / Σ w² over every 2-D filter."""
+    kh, kw, cin, cout = kernel_hwio.shape
+    filters = jnp.transpose(kernel_hwio, (2, 3, 0, 1)).reshape(cin * cout, kh, kw, 1)
+    lap = jnp.asarray(_LAPLACE_2D)[:, :, None, None]
+    smooth = jax.lax.conv_general_dilated(
+        filters, lap, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    return jnp.sum(smooth**2) / jnp.sum(filters**2)
+
+
+def laplace_l2_norm_1d(kernel_tio: jax.Array) -> jax.Array:
+    """neuralpredictors ``DepthLaplaceL21d`` (padding 1) over every 1-D temporal filter of a (kt, Cin, Cout) kernel."""
+    kt, cin, cout = kernel_tio.shape
+    filters = jnp.transpose(kernel_tio, (1, 2, 0)).reshape(cin * cout, kt, 1)
+    lap = jnp.asarray(_LAPLACE_1D)[:, None, None]
+    smooth = jax.lax.conv_general_dilated(filters, lap, (1,), ((1, 1),), dimension_numbers=("NWC", "WIO", "NWC"))
+    return jnp.sum(smooth**2) / jnp.sum(filters**2)
+
+
+def elu_plus_one(x: jax.Array) -> jax.Array:
+    """The baselines' output nonlinearity: positive firing rates."""
+    return jax.nn.elu(x) + 1.0

@@ -1,0 +1,128 @@
+"""``FullGaussian2d`` readouts for all mice at once (neuralpredictors ``FullGaussian2d``, gauss_type ``full``).
+
+Each neuron reads the core's feature map at one point of the image: a 2-D Gaussian position, mean ``μ`` predicted
+from the neuron's cortical (x, y) position by a small per-mouse MLP (Linear 2→30 → ELU → Linear 30→2 → tanh),
+full 2×2 covariance factor ``Σ``. In training one position is sampled per frame, ``clip(μ + Σ·z, −1, 1)``; in
+evaluation the mean is used. The pupil-centre shift is added afterwards, the map is sampled bilinearly with
+``align_corners=True`` and zero padding (``torch.nn.functional.grid_sample``), and the response is the feature
+vector dotted with the neuron's weights plus a bias.
+
+Mice have different neuron counts: every parameter carries a leading mouse axis and a padded neuron axis
+(``N_max``), a constant mask marks the real neurons, and one per-mouse function is ``jax.vmap``-ed over mice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from sensorium_jax.models.layers import Constant, torch_linear_init
+
+
+def normalise_positions(coordinates: np.ndarray) -> np.ndarray:
+    """Cortical (x, y) centred and divided by the largest |value| (sensorium_2023 ``prepare_grid``)."""
+    xy = np.asarray(coordinates, np.float64)[:, :2]
+    xy = xy - xy.mean(axis=0, keepdims=True)
+    scale = np.abs(xy).max()
+    return (xy / (scale if scale > 0 else 1.0)).astype(np.float32)
+
+
+def bilinear_sample(features: jax.Array, grid: jax.Array) -> jax.Array:
+    """``grid_sample(bilinear, zeros, align_corners=True)`` at N points per sample.
+
+    ``features (H, W, C)``, ``grid (N, 2)`` with ``grid[:, 0]`` = x (width) and ``grid[:, 1]`` = y (height) in
+    [−1, 1] → ``(N, C)``. Corners that fall outside the map contribute zero.
+    """
+    h, w, c = features.shape
+    x = (grid[:, 0] + 1.0) * 0.5 * (w - 1)
+    y = (grid[:, 1] + 1.0) * 0.5 * (h - 1)
+    x0, y0 = jnp.floor(x), jnp.floor(y)
+    flat = features.reshape(h * w, c)
+    out = jnp.zeros((grid.shape[0], c), features.dtype)
+    for dx in (0, 1):
+        for dy in (0, 1):
+            xi, yi = x0 + dx, y0 + dy
+            weight = (1.0 - jnp.abs(x - xi)) * (1.0 - jnp.abs(y - yi))
+            inside = (xi >= 0) & (xi <= w - 1) & (yi >= 0) & (yi <= h - 1)
+            index = jnp.clip(yi, 0, h - 1).astype(jnp.int32) * w + jnp.clip(xi, 0, w - 1).astype(jnp.int32)
+            out = out + jnp.where(inside, weight, 0.0)[:, None].astype(features.dtype) * flat[index]
+    return out
+
+
+def _read_one_mouse(params: dict, features: jax.Array, shift: jax.Array | None, key: jax.Array | None) -> jax.Array:
+    """Responses of one mouse's neurons: ``features (S, H, W, C)``, ``shift (S, 2)`` → ``(S, N)``."""
+    hidden = jax.nn.elu(params["positions"] @ params["grid_w1"] + params["grid_b1"])
+    mu = jnp.tanh(hidden @ params["grid_w2"] + params["grid_b2"])  # (N, 2)
+    samples = features.shape[0]
+    if key is None:
+        grid = jnp.broadcast_to(mu, (samples, *mu.shape))
+    else:
+        z = jax.random.normal(key, (samples, *mu.shape), mu.dtype)
+        grid = jnp.clip(mu + jnp.einsum("ncd,snd->snc", params["sigma"], z), -1.0, 1.0)
+    if shift is not None:
+        grid = grid + shift[:, None, :]
+    sampled = jax.vmap(bilinear_sample)(features, grid.astype(features.dtype))  # (S, N, C)
+    out = jnp.einsum("snc,cn->sn", sampled.astype(jnp.float32), params["features"])
+    return out + params["bias"]
+
+
+class GaussianReadouts(nnx.Module):
+    """One ``FullGaussian2d`` per mouse, stacked: parameters ``(M, ...)``, neurons padded to ``N_max``."""
+
+    def __init__(
+        self,
+        coordinates: Sequence[np.ndarray],
+        in_channels: int,
+        init_sigma: float = 1.0,
+        grid_hidden: int = 30,
+        gamma_readout: float = 0.0,
+        mean_responses: Sequence[np.ndarray] | None = None,
+        *,
+        rngs: nnx.Rngs,
+    ):
+        counts = [len(c) for c in coordinates]
+        m, n = len(counts), max(counts)
+        self.num_neurons = tuple(counts)
+        self.gamma_readout = gamma_readout
+        positions = np.zeros((m, n, 2), np.float32)
+        mask = np.zeros((m, n), bool)
+        bias = np.zeros((m, n), np.float32)
+        for i, coords in enumerate(coordinates):
+            positions[i, : counts[i]] = normalise_positions(coords)
+            mask[i, : counts[i]] = True
+            if mean_responses is not None:
+                bias[i, : counts[i]] = mean_responses[i]
+        self.positions = Constant(jnp.asarray(positions))
+        self.neuron_mask = Constant(jnp.asarray(mask))
+        self.grid_w1 = nnx.Param(torch_linear_init(rngs.params(), (m, 2, grid_hidden), 2))
+        self.grid_b1 = nnx.Param(torch_linear_init(rngs.params(), (m, grid_hidden), 2))
+        self.grid_w2 = nnx.Param(torch_linear_init(rngs.params(), (m, grid_hidden, 2), grid_hidden))
+        self.grid_b2 = nnx.Param(torch_linear_init(rngs.params(), (m, 2), grid_hidden))
+        self.sigma = nnx.Param(jax.random.uniform(rngs.params(), (m, n, 2, 2), jnp.float32, -init_sigma, init_sigma))
+        self.features = nnx.Param(jnp.full((m, in_channels, n), 1.0 / in_channels, jnp.float32))
+        self.bias = nnx.Param(jnp.asarray(bias))
+
+    def _params(self) -> dict:
+        names = ("grid_w1", "grid_b1", "grid_w2", "grid_b2", "sigma", "features", "bias", "positions")
+        return {name: getattr(self, name)[...] for name in names}
+
+    def __call__(self, features: jax.Array, shift: jax.Array | None, key: jax.Array | None) -> jax.Array:
+        """All mice: ``features (M, S, H, W, C)``, ``shift (M, S, 2)`` → ``(M, S, N_max)`` (padding is garbage)."""
+        keys = None if key is None else jax.random.split(key, features.shape[0])
+        return jax.vmap(_read_one_mouse, in_axes=(0, 0, 0 if shift is not None else None, 0 if key is not None else None))(
+            self._params(), features, shift, keys
+        )
+
+    def one_mouse(self, mouse: jax.Array, features: jax.Array, shift: jax.Array | None) -> jax.Array:
+        """One mouse, chosen by a traced index (no recompile per mouse), at the mean positions: ``(S, N_max)``."""
+        params = jax.tree.map(lambda p: p[mouse], self._params())
+        return _read_one_mouse(params, features, shift, None)
+
+    def regularizer(self) -> jax.Array:
+        """Per-mouse L1 on the feature weights (``gamma_readout · Σ|w|``), shape (M,)."""
+        masked = jnp.abs(self.features[...]) * self.neuron_mask[...][:, None, :]
+        return self.gamma_readout * masked.sum(axis=(1, 2))
