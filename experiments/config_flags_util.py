@@ -11,7 +11,7 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 def resolve_config_argv(argv: list[str]) -> list[str]:
     out = []
     for arg in argv:
-        if arg.startswith("--config=") and not arg.startswith("--config.") :
+        if arg.startswith("--config=") and not arg.startswith("--config."):
             value = arg.split("=", 1)[1]
             name, sep, variant = value.partition(":")
             if not name.endswith(".py"):

@@ -7,7 +7,10 @@ where the launcher does not set them up itself, e.g. outside TPU pods and SLURM)
 
 from __future__ import annotations
 
+import logging as std_logging
+
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from experiments.config_flags_util import resolve_config_argv
@@ -20,8 +23,17 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", -1, "multi-host: this process's
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+class _QuietLibraries(std_logging.Filter):
+    """Keep the progress lines readable: orbax and grain log every save and worker at INFO."""
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        noisy = any(name in record.pathname for name in ("/orbax/", "/grain/", "/jax/_src/"))
+        return record.levelno >= std_logging.WARNING or not noisy
+
+
 def main(argv: list[str]) -> None:
     del argv
+    absl_logging.get_absl_handler().addFilter(_QuietLibraries())
     from sensorium_jax import parallel
 
     parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)

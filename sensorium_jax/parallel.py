@@ -31,7 +31,12 @@ def initialize_distributed(coordinator: str = "", num_processes: int = 0, proces
         jax.distributed.initialize()
     else:
         return
-    logging.info("process %d of %d, %d local devices", jax.process_index(), jax.process_count(), jax.local_device_count())
+    logging.info(
+        "process %d of %d, %d local devices",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+    )
 
 
 def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:

@@ -32,7 +32,7 @@ BEHAVIOR_CHANNELS = 2  # pupil dilation, running speed
 PUPIL_CENTER_CHANNELS = 2  # horizontal, vertical
 
 
-class Tier(str, enum.Enum):
+class Tier(enum.StrEnum):
     TRAIN = "train"
     ORACLE = "oracle"
     LIVE_TEST_MAIN = "live_test_main"

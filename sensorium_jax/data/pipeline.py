@@ -59,9 +59,7 @@ class TrainRound:
             trials = session.trials(layout.Tier.TRAIN.value)
             long_enough = trials[session.valid_lengths[trials] >= spec.clip_frames]
             if long_enough.size == 0:
-                raise ValueError(
-                    f"{session.path}: no train trial has the {spec.clip_frames} valid frames a clip needs"
-                )
+                raise ValueError(f"{session.path}: no train trial has the {spec.clip_frames} valid frames a clip needs")
             self.train_trials.append(long_enough)
 
     def clip(self, mouse: int, clip_index: int) -> tuple[int, int]:
@@ -71,7 +69,11 @@ class TrainRound:
         order = np.random.default_rng([self.spec.seed, mouse, epoch]).permutation(len(trials))
         trial = int(trials[order[position]])
         length = int(self.sessions[mouse].valid_lengths[trial])
-        start = int(np.random.default_rng([self.spec.seed, mouse, clip_index, 1]).integers(0, length - self.spec.clip_frames + 1))
+        start = int(
+            np.random.default_rng([self.spec.seed, mouse, clip_index, 1]).integers(
+                0, length - self.spec.clip_frames + 1
+            )
+        )
         return trial, start
 
     def __call__(self, round_index: int) -> dict[str, np.ndarray]:

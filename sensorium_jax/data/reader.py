@@ -33,6 +33,7 @@ class NpyHeader:
     shape: tuple[int, ...]
     dtype: np.dtype
     fortran_order: bool
+    offset: int  # where the data start: lets trials be memory-mapped without re-parsing the header
 
 
 def read_npy_header(path: Path) -> NpyHeader:
@@ -55,7 +56,7 @@ def read_npy_header(path: Path) -> NpyHeader:
     actual = path.stat().st_size
     if actual < expected:
         raise DataFormatError(path, f"file is truncated: {actual} bytes, the header announces {expected}")
-    return NpyHeader(tuple(shape), dtype, fortran_order)
+    return NpyHeader(tuple(shape), dtype, fortran_order, offset)
 
 
 def load_small(path: Path, what: str) -> np.ndarray:
@@ -167,6 +168,7 @@ class Session:
                 )
 
     def _index_headers(self, trials: np.ndarray) -> int:
+        self._headers: dict[tuple[str, int], NpyHeader] = {}
         padded_length = None
         for trial in trials:
             trial_lengths = {}
@@ -175,12 +177,11 @@ class Session:
                 header = read_npy_header(path)
                 lead = layout.expected_leading_shape(key, self.num_neurons)
                 if len(header.shape) != len(lead) + 1 or header.shape[:-1] != lead:
-                    raise DataFormatError(
-                        path, f"expected shape {(*lead, 'T')} (time last), got {header.shape}"
-                    )
+                    raise DataFormatError(path, f"expected shape {(*lead, 'T')} (time last), got {header.shape}")
                 if header.dtype.kind not in "fiu":
                     raise DataFormatError(path, f"expected a numeric array, got dtype {header.dtype}")
                 trial_lengths[key] = header.shape[-1]
+                self._headers[key, int(trial)] = header
             if len(set(trial_lengths.values())) != 1:
                 raise DataFormatError(
                     self.path / "data", f"trial {trial}: arrays disagree on the padded length {trial_lengths}"
@@ -192,9 +193,24 @@ class Session:
         return padded_length
 
     def _open(self, key: str, trial: int) -> np.ndarray:
+        """Memory-map one trial array from its indexed header.
+
+        ``np.load`` would re-parse the header with ``ast``, which is not thread-safe on CPython 3.11 (the
+        pipeline reads from several threads); ``np.memmap`` with the known offset needs no parsing.
+        """
         path = layout.trial_path(self.path, key, trial)
+        header = self._headers.get((key, trial))
+        if header is None:
+            raise ValueError(f"{path}: trial {trial} is not indexed (tier 'none'?)")
         try:
-            return np.load(path, mmap_mode="r", allow_pickle=False)
+            return np.memmap(
+                path,
+                dtype=header.dtype,
+                mode="r",
+                offset=header.offset,
+                shape=header.shape,
+                order="F" if header.fortran_order else "C",
+            )
         except Exception as error:
             raise DataFormatError(path, f"cannot be memory-mapped ({error})") from error
 
@@ -269,8 +285,7 @@ class Session:
             return value.reshape(()) if value.shape == (1,) else value
         raise DataFormatError(
             path,
-            f"shape {value.shape} fits neither one trial {(*lead, self.padded_length)} "
-            f"nor the per-{key} form {lead}",
+            f"shape {value.shape} fits neither one trial {(*lead, self.padded_length)} nor the per-{key} form {lead}",
         )
 
     # ----------------------------------------------------------------------------------------------------------
@@ -294,7 +309,8 @@ class Session:
             array = np.asarray(self._open(key, int(trial))[..., start:stop], dtype=np.float32)
             if np.isnan(array).any():
                 raise DataFormatError(
-                    layout.trial_path(self.path, key, int(trial)), f"NaN inside the valid frames [{start}, {stop})"
+                    layout.trial_path(self.path, key, int(trial)),
+                    f"NaN inside the valid frames [{start}, {stop})",
                 )
             if normalize:
                 array = self.statistics[key].apply(array, start, stop)

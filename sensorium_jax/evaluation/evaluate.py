@@ -54,9 +54,7 @@ def predict_tier(
 ) -> TierPredictions:
     out = TierPredictions([], [], [], [])
     for batch in eval_batches(session, mouse, tier, batch_size, frames, max_neurons):
-        prediction = np.asarray(
-            predict(state, jnp.int32(mouse), batch.videos, batch.behavior, batch.pupil_center)
-        )
+        prediction = np.asarray(predict(state, jnp.int32(mouse), batch.videos, batch.behavior, batch.pupil_center))
         for row, trial in enumerate(batch.trials):
             if trial < 0:
                 continue
@@ -150,7 +148,9 @@ def validation_correlation(
             t = np.arange(burn_in, frames)[None, :]
             masks.append((t >= layout.BURN_IN_FRAMES) & (t < batch.lengths[:, None]))
         corr = metrics.masked_correlation(
-            jnp.asarray(np.concatenate(targets)), jnp.concatenate(predictions), jnp.asarray(np.concatenate(masks))
+            jnp.asarray(np.concatenate(targets)),
+            jnp.concatenate(predictions),
+            jnp.asarray(np.concatenate(masks)),
         )
         totals.append(corr[: session.num_neurons].sum())
     count = sum(s.num_neurons for s in sessions if s.trials(tier).size)

@@ -103,9 +103,7 @@ def correlation_to_average_np(
 
 
 @jax.jit
-def masked_correlation(
-    target: jax.Array, prediction: jax.Array, frame_mask: jax.Array, eps: float = EPS
-) -> jax.Array:
+def masked_correlation(target: jax.Array, prediction: jax.Array, frame_mask: jax.Array, eps: float = EPS) -> jax.Array:
     """Benchmark correlation per neuron over the frames where ``frame_mask`` is true.
 
     ``target``/``prediction``: (..., T, N) padded arrays; ``frame_mask``: (..., T) — burn-in and NaN padding

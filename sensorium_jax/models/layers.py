@@ -27,10 +27,10 @@ def torch_linear_init(key: jax.Array, shape: tuple[int, ...], fan_in: int) -> ja
     return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
 
 
-def conv2d_valid(x: jax.Array, kernel: jax.Array) -> jax.Array:
+def conv2d_valid(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
     """Unpadded 2-D convolution, NHWC input, HWIO kernel."""
     return jax.lax.conv_general_dilated(
-        x, kernel.astype(x.dtype), (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        x, kernel.astype(x.dtype), (stride, stride), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
     )
 
 

@@ -6,6 +6,7 @@ parameters stacked over mice like the readouts.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import jax
@@ -19,14 +20,14 @@ class MLPShifters(nnx.Module):
     def __init__(self, num_mice: int, hidden: Sequence[int] = (5, 5), *, rngs: nnx.Rngs):
         sizes = [2, *hidden, 2]
         self.weights = nnx.List(
-            [nnx.Param(torch_linear_init(rngs.params(), (num_mice, i, o), i)) for i, o in zip(sizes[:-1], sizes[1:])]
+            [nnx.Param(torch_linear_init(rngs.params(), (num_mice, i, o), i)) for i, o in itertools.pairwise(sizes)]
         )
         self.biases = nnx.List(
-            [nnx.Param(torch_linear_init(rngs.params(), (num_mice, o), i)) for i, o in zip(sizes[:-1], sizes[1:])]
+            [nnx.Param(torch_linear_init(rngs.params(), (num_mice, o), i)) for i, o in itertools.pairwise(sizes)]
         )
 
     def __call__(self, pupil_center: jax.Array, mouse: jax.Array | None = None) -> jax.Array:
-        """``pupil_center (M, S, 2)`` → shift ``(M, S, 2)``; or, with a traced ``mouse`` index, ``(S, 2)`` → ``(S, 2)``."""
+        """``pupil_center (M, S, 2)`` → shift ``(M, S, 2)``; with a traced ``mouse`` index ``(S, 2)`` → ``(S, 2)``."""
         x = pupil_center
         for w, b in zip(self.weights, self.biases):
             w, b = w[...], b[...]

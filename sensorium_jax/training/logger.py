@@ -17,7 +17,7 @@ class MetricWriter:
         if not enabled:
             return
         workdir = Path(workdir)
-        self._jsonl = open(workdir / "metrics.jsonl", "a")  # noqa: SIM115 - kept open for the whole run
+        self._jsonl = open(workdir / "metrics.jsonl", "a")
         self._tensorboard = SummaryWriter(str(workdir / "tensorboard"))
 
     def write(self, step: int, values: dict[str, float]) -> None:

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import jax
 import ml_collections
-import numpy as np
 from absl import logging
 from flax import nnx
 
@@ -127,7 +126,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         process_count=jax.process_count(),
     )
     iterator = pipeline.train_iterator(
-        sessions, spec, steps_per_epoch * config.train.max_epochs, config.data.num_workers, config.data.prefetch
+        sessions,
+        spec,
+        steps_per_epoch * config.train.max_epochs,
+        config.data.num_workers,
+        config.data.prefetch,
     )
 
     checkpoints = Checkpoints(workdir)
@@ -140,9 +143,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     # The loss scale of the reference: sqrt(number of trials in the session / batch size), per mouse.
     loss_scale = [math.sqrt(s.num_trials / batch_size) for s in sessions]
     train_step = steps.jit_train_step(
-        steps.make_train_step(
-            graphdef, tx, loss_scale, config.train.correlation_weight, config.train.loss_last_frames
-        ),
+        steps.make_train_step(graphdef, tx, loss_scale, config.train.correlation_weight, config.train.loss_last_frames),
         replicated,
         parallel.mouse_batch_sharding(mesh),
         replicated,
@@ -162,20 +163,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             step = int(state.step) if timer["steps"] % config.train.log_every == 0 or not timer["compiled"] else None
             if step is None:
                 continue
-            metrics = jax.device_get(metrics)
-            now = time.perf_counter()
-            elapsed = now - timer["t"]
+            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            elapsed = time.perf_counter() - timer["t"]
+            lr = config.optim.lr * float(state.lr_scale)
+            record = {**metrics, "lr": lr}
             if not timer["compiled"]:
                 logging.info("step %d: first step (compilation included) took %.1f s", step, elapsed)
                 timer["compiled"] = True
             else:
-                rate = timer["steps"] * clips_per_step / elapsed
-                lr = config.optim.lr * float(state.lr_scale)
+                record["clips_per_second"] = timer["steps"] * clips_per_step / elapsed
                 logging.info(
                     "epoch %d step %d: loss %.4g (poisson/element %.4f) | %.1f clips/s, %.2f s/step | lr %.3g",
-                    loop["epoch"] + 1, step, metrics["loss"], metrics["poisson"], rate, elapsed / timer["steps"], lr,
+                    loop["epoch"] + 1,
+                    step,
+                    metrics["loss"],
+                    metrics["poisson"],
+                    record["clips_per_second"],
+                    elapsed / timer["steps"],
+                    lr,
                 )
-                writer.write(step, {**{k: float(v) for k, v in metrics.items()}, "clips_per_second": rate, "lr": lr})
+            writer.write(step, record)
             timer.update(t=time.perf_counter(), steps=0)
 
         loop["epoch"] += 1
@@ -184,7 +191,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         action, lr_scale = schedule.update(loop, objective, loop["epoch"], float(state.lr_scale))
         logging.info(
             "epoch %d: validation (oracle) single-trial correlation %.4f (best %.4f at epoch %d) → %s",
-            loop["epoch"], objective, loop["best"], loop["best_epoch"], action,
+            loop["epoch"],
+            objective,
+            loop["best"],
+            loop["best_epoch"],
+            action,
         )
         writer.write(step, {"validation_correlation": objective, "epoch": loop["epoch"]})
         if action == "improved":
@@ -205,7 +216,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     results["parameters"] = count_parameters(model)
     if synthetic_root is not None and (synthetic_root / "ceilings.json").exists():
         results["ceilings"] = json.loads((synthetic_root / "ceilings.json").read_text())
-        results["fraction_of_ceiling"] = _fraction_of_ceiling(results, sessions)
+        results["fraction_of_ceiling"] = _fraction_of_ceiling(results)
     results = _json_ready(results)
     if is_main:
         (workdir / "metrics.json").write_text(json.dumps(results, indent=2))
@@ -215,33 +226,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     return results
 
 
-def _fraction_of_ceiling(results: dict, sessions: list[Session]) -> dict:
-    """Model correlation / ceiling correlation per tier (neuron-weighted over mice)."""
+def _fraction_of_ceiling(results: dict) -> dict:
+    """Model correlation / noise-ceiling correlation per tier (all neurons of all mice pooled, like the scores)."""
     fractions = {}
-    ceilings = results["ceilings"]
     for tier, scores in results["overall"].items():
-        values = [ceilings.get(s.name, {}).get(tier, {}).get("single_trial") for s in sessions]
-        if all(v is not None for v in values):
-            weights = np.array([s.num_neurons for s in sessions], float)
-            ceiling = float(np.dot(weights, values) / weights.sum())
-            fractions[tier] = {"ceiling": ceiling, "fraction": scores["single_trial_correlation"] / ceiling}
+        ceiling = results["ceilings"].get("mean", {}).get(tier)
+        if not ceiling:
+            continue
+        fractions[tier] = {}
+        for metric in ("single_trial", "correlation_to_average"):
+            value, bound = (
+                scores.get(f"{metric}_correlation" if metric == "single_trial" else metric),
+                ceiling.get(metric),
+            )
+            if value is not None and bound:
+                fractions[tier][metric] = {"ceiling": bound, "fraction": value / bound}
     return fractions
 
 
 def _log_table(results: dict) -> None:
+    def row(name: str, tier: str, scores: dict) -> str:
+        average = scores.get("correlation_to_average")
+        average = "" if average is None else f"{average:.4f}"
+        return f"{name:<44} {tier:<18} {scores['single_trial_correlation']:>12.4f} {average:>11}"
+
     lines = [f"{'mouse':<44} {'tier':<18} {'single-trial':>12} {'to-average':>11}"]
     for mouse, tiers in results["mice"].items():
-        for tier, s in tiers.items():
-            avg = s.get("correlation_to_average")
-            lines.append(
-                f"{mouse:<44} {tier:<18} {s['single_trial_correlation']:>12.4f} {'' if avg is None else f'{avg:.4f}':>11}"
-            )
-    for tier, s in results["overall"].items():
-        avg = s.get("correlation_to_average")
-        lines.append(
-            f"{'ALL (neurons pooled)':<44} {tier:<18} {s['single_trial_correlation']:>12.4f} "
-            f"{'' if avg is None else f'{avg:.4f}':>11}"
-        )
-    for tier, f in results.get("fraction_of_ceiling", {}).items():
-        lines.append(f"fraction of the synthetic ceiling on {tier}: {f['fraction']:.1%} (ceiling {f['ceiling']:.4f})")
+        lines.extend(row(mouse, tier, scores) for tier, scores in tiers.items())
+    lines.extend(row("ALL (neurons pooled)", tier, scores) for tier, scores in results["overall"].items())
+    for tier, metrics in results.get("fraction_of_ceiling", {}).items():
+        for metric, f in metrics.items():
+            lines.append(f"{tier} {metric}: {f['fraction']:.1%} of the synthetic noise ceiling ({f['ceiling']:.4f})")
     logging.info("final scores (best checkpoint):\n%s", "\n".join(lines))

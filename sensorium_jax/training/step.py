@@ -8,9 +8,9 @@ mouse, then one optimiser step"), with the shared core run once over all clips.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
-import chex
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -62,7 +62,9 @@ def make_optimizer(config: ml_collections.ConfigDict, params: nnx.State) -> opta
     return tx
 
 
-def create_train_state(model: nnx.Module, tx: optax.GradientTransformation, seed: int) -> tuple[nnx.GraphDef, TrainState]:
+def create_train_state(
+    model: nnx.Module, tx: optax.GradientTransformation, seed: int
+) -> tuple[nnx.GraphDef, TrainState]:
     graphdef, params, batch_stats, constants = split_model(model)
     state = TrainState(
         step=jnp.zeros((), jnp.int32),
@@ -116,18 +118,38 @@ def make_train_step(
         updates = jax.tree.map(lambda u: u * state.lr_scale, updates)
         params = optax.apply_updates(state.params, updates)
         metrics["grad_norm"] = optax.global_norm(grads)
-        new_state = state.replace(
-            step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
-        )
+        new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
         return new_state, metrics
 
     return train_step
 
 
+def assert_max_traces(fn: Callable, n: int) -> Callable:
+    """Raise when ``fn`` is traced more than ``n`` times (a recompile: some input's shape or dtype changed).
+
+    Like ``chex.assert_max_traces`` but counted per wrapped instance, so building several steps in one process
+    (tests, ensembles) is fine.
+    """
+    traces = 0
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        nonlocal traces
+        traces += 1
+        if traces > n:
+            raise AssertionError(
+                f"{fn.__name__} was traced {traces} times (limit {n}): an input changed shape or dtype, "
+                "which would recompile the step"
+            )
+        return fn(*args, **kwargs)
+
+    return wrapped
+
+
 def jit_train_step(train_step: Callable, state_sharding, batch_sharding, replicated, max_traces: int = 1) -> Callable:
-    """jit with the state donated; ``chex.assert_max_traces`` turns an accidental recompile into an error."""
+    """jit with the state donated; an accidental recompile becomes an error instead of a silent slowdown."""
     return jax.jit(
-        chex.assert_max_traces(train_step, n=max_traces),
+        assert_max_traces(train_step, n=max_traces),
         in_shardings=(state_sharding, batch_sharding),
         out_shardings=(state_sharding, replicated),
         donate_argnums=(0,),

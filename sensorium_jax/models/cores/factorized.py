@@ -35,10 +35,12 @@ class FactorizedLayer(nnx.Module):
         spatial_kernel: int,
         temporal_kernel: int,
         bn_momentum: float,
+        stride: int = 1,
         *,
         rngs: nnx.Rngs,
     ):
         k, kt = spatial_kernel, temporal_kernel
+        self.stride = stride
         self.spatial = nnx.Param(
             xavier_normal(rngs.params(), (k, k, in_channels, out_channels), in_channels * k * k, out_channels * k * k)
         )
@@ -58,13 +60,16 @@ class FactorizedLayer(nnx.Module):
             image_kernel, constant_kernel = kernel[:, :, :c], kernel[:, :, c:]
         else:
             image_kernel, constant_kernel = kernel, None
-        y = conv2d_valid(x.reshape(b * t, h, w, c), image_kernel)
+        y = conv2d_valid(x.reshape(b * t, h, w, c), image_kernel, self.stride)
         y = y.reshape(b, t, *y.shape[1:])
         bias = self.spatial_bias[...].astype(dtype)
         if constant_kernel is not None:
-            y = y + jnp.einsum("btk,ko->bto", constant.astype(dtype), constant_kernel.sum((0, 1)).astype(dtype))[
-                :, :, None, None, :
-            ]
+            y = (
+                y
+                + jnp.einsum("btk,ko->bto", constant.astype(dtype), constant_kernel.sum((0, 1)).astype(dtype))[
+                    :, :, None, None, :
+                ]
+            )
         y = y + bias
         y = temporal_conv_valid(y, self.temporal[...]) + self.temporal_bias[...].astype(dtype)
         y = self.norm(y.astype(jnp.float32), use_running_average=not train).astype(dtype)
@@ -81,6 +86,7 @@ class Factorized3dCore(nnx.Module):
         hidden_channels: Sequence[int] = (32, 64, 128),
         spatial_kernels: Sequence[int] = (11, 5, 5),
         temporal_kernels: Sequence[int] = (11, 5, 5),
+        spatial_strides: Sequence[int] | None = None,
         bn_momentum: float = 0.7,
         gamma_input_spatial: float = 10.0,
         gamma_input_temporal: float = 0.01,
@@ -88,8 +94,11 @@ class Factorized3dCore(nnx.Module):
         *,
         rngs: nnx.Rngs,
     ):
-        if not len(hidden_channels) == len(spatial_kernels) == len(temporal_kernels):
-            raise ValueError("hidden_channels, spatial_kernels and temporal_kernels need one entry per layer")
+        strides = spatial_strides or [1] * len(hidden_channels)
+        if not len(hidden_channels) == len(spatial_kernels) == len(temporal_kernels) == len(strides):
+            raise ValueError(
+                "hidden_channels, spatial_kernels, temporal_kernels and spatial_strides need one entry per layer"
+            )
         self.image_channels = image_channels
         self.constant_channels = constant_channels
         self.gamma_input_spatial = gamma_input_spatial
@@ -98,13 +107,14 @@ class Factorized3dCore(nnx.Module):
         inputs = [image_channels + constant_channels, *hidden_channels[:-1]]
         self.layers = nnx.List(
             [
-                FactorizedLayer(i, o, k, t, bn_momentum, rngs=rngs)
-                for i, o, k, t in zip(inputs, hidden_channels, spatial_kernels, temporal_kernels, strict=True)
+                FactorizedLayer(i, o, k, t, bn_momentum, s, rngs=rngs)
+                for i, o, k, t, s in zip(
+                    inputs, hidden_channels, spatial_kernels, temporal_kernels, strides, strict=True
+                )
             ]
         )
         self.out_channels = int(hidden_channels[-1])
         self.burn_in = int(sum(t - 1 for t in temporal_kernels))
-        self.spatial_shrink = int(sum(k - 1 for k in spatial_kernels))
 
     def __call__(self, video: jax.Array, constants: jax.Array | None, *, train: bool) -> jax.Array:
         """``video (B, T, H, W[, C])``, ``constants (B, T, K)`` → features ``(B, T − burn_in, H', W', C_out)``."""

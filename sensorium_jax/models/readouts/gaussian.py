@@ -113,9 +113,9 @@ class GaussianReadouts(nnx.Module):
     def __call__(self, features: jax.Array, shift: jax.Array | None, key: jax.Array | None) -> jax.Array:
         """All mice: ``features (M, S, H, W, C)``, ``shift (M, S, 2)`` → ``(M, S, N_max)`` (padding is garbage)."""
         keys = None if key is None else jax.random.split(key, features.shape[0])
-        return jax.vmap(_read_one_mouse, in_axes=(0, 0, 0 if shift is not None else None, 0 if key is not None else None))(
-            self._params(), features, shift, keys
-        )
+        return jax.vmap(
+            _read_one_mouse, in_axes=(0, 0, 0 if shift is not None else None, 0 if key is not None else None)
+        )(self._params(), features, shift, keys)
 
     def one_mouse(self, mouse: jax.Array, features: jax.Array, shift: jax.Array | None) -> jax.Array:
         """One mouse, chosen by a traced index (no recompile per mouse), at the mean positions: ``(S, N_max)``."""
