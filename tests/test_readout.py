@@ -91,3 +91,16 @@ def test_training_samples_positions_and_clips_to_the_image():
     readouts.sigma[...] = jnp.full_like(readouts.sigma[...], 50.0)
     far = readouts(features, None, jax.random.key(1))
     np.testing.assert_allclose(np.asarray(far), np.asarray(mean), atol=1e-5)
+
+
+def test_free_positions_without_grid_predictor():
+    coords = [np.zeros((4, 3)), np.zeros((3, 3))]
+    readouts = GaussianReadouts(coords, in_channels=1, grid_mean_predictor=False, init_mu_range=0.3, rngs=nnx.Rngs(0))
+    mu = np.asarray(readouts.mu[...])
+    assert mu.shape == (2, 4, 2) and np.abs(mu).max() <= 0.3
+    readouts.mu[...] = jnp.asarray(np.array([[[0.0, 0.0], [1.0, 1.0], [-1.0, 1.0], [2.0, 0.0]]] * 2, np.float32))
+    features = jnp.asarray(np.arange(9, dtype=np.float32).reshape(1, 1, 3, 3, 1).repeat(2, axis=0))
+    readouts.features[...] = jnp.ones_like(readouts.features[...])
+    readouts.bias[...] = jnp.zeros_like(readouts.bias[...])
+    out = np.asarray(readouts(features, None, None))[0, 0]
+    np.testing.assert_allclose(out, [4.0, 8.0, 6.0, 5.0], atol=1e-5)  # centre, corners; x = 2 is clipped to 1

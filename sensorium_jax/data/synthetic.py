@@ -117,10 +117,10 @@ class SyntheticConfig:
     pupil_gain_std: float = 0.15
     eye_shift_px_per_unit: float = 0.6  # screen pixels per eye-camera pixel of pupil displacement
     # --- response statistics ---
-    event_rate_range: tuple[float, float] = (0.05, 0.2)  # mean events per frame
+    event_rate_range: tuple[float, float] = (0.1, 0.3)  # mean events per frame
     median_mean_response: float = 0.5  # mean recorded response per frame, raw units
     baseline_fraction: float = 0.3  # mean stimulus-independent share of the rate
-    overdispersion_shape: float = 1.0  # gamma shape of the negative-binomial noise; smaller = noisier
+    overdispersion_shape: float = 2.0  # gamma shape of the negative-binomial noise; smaller = noisier
     event_amplitude_cv: float = 0.4
 
     def __post_init__(self) -> None:

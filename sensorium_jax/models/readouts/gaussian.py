@@ -53,10 +53,17 @@ def bilinear_sample(features: jax.Array, grid: jax.Array) -> jax.Array:
     return out
 
 
+def mean_positions(params: dict) -> jax.Array:
+    """Readout positions ``μ`` (N, 2) in [−1, 1]: from cortical coordinates through the grid MLP, or free."""
+    if "mu" in params:
+        return jnp.clip(params["mu"], -1.0, 1.0)
+    hidden = jax.nn.elu(params["positions"] @ params["grid_w1"] + params["grid_b1"])
+    return jnp.tanh(hidden @ params["grid_w2"] + params["grid_b2"])
+
+
 def _read_one_mouse(params: dict, features: jax.Array, shift: jax.Array | None, key: jax.Array | None) -> jax.Array:
     """Responses of one mouse's neurons: ``features (S, H, W, C)``, ``shift (S, 2)`` → ``(S, N)``."""
-    hidden = jax.nn.elu(params["positions"] @ params["grid_w1"] + params["grid_b1"])
-    mu = jnp.tanh(hidden @ params["grid_w2"] + params["grid_b2"])  # (N, 2)
+    mu = mean_positions(params)
     samples = features.shape[0]
     if key is None:
         grid = jnp.broadcast_to(mu, (samples, *mu.shape))
@@ -80,6 +87,9 @@ class GaussianReadouts(nnx.Module):
         init_sigma: float = 1.0,
         grid_hidden: int = 30,
         gamma_readout: float = 0.0,
+        grid_init_scale: float = 1.0,
+        grid_mean_predictor: bool = True,
+        init_mu_range: float = 0.3,
         mean_responses: Sequence[np.ndarray] | None = None,
         *,
         rngs: nnx.Rngs,
@@ -98,17 +108,29 @@ class GaussianReadouts(nnx.Module):
                 bias[i, : counts[i]] = mean_responses[i]
         self.positions = Constant(jnp.asarray(positions))
         self.neuron_mask = Constant(jnp.asarray(mask))
-        self.grid_w1 = nnx.Param(torch_linear_init(rngs.params(), (m, 2, grid_hidden), 2))
-        self.grid_b1 = nnx.Param(torch_linear_init(rngs.params(), (m, grid_hidden), 2))
-        self.grid_w2 = nnx.Param(torch_linear_init(rngs.params(), (m, grid_hidden, 2), grid_hidden))
-        self.grid_b2 = nnx.Param(torch_linear_init(rngs.params(), (m, 2), grid_hidden))
+        if grid_mean_predictor:
+            self.grid_w1 = nnx.Param(torch_linear_init(rngs.params(), (m, 2, grid_hidden), 2))
+            self.grid_b1 = nnx.Param(torch_linear_init(rngs.params(), (m, grid_hidden), 2))
+            # grid_init_scale > 1 widens the initial spread of positions (1: torch's default, as the reference).
+            w2 = torch_linear_init(rngs.params(), (m, grid_hidden, 2), grid_hidden)
+            self.grid_w2 = nnx.Param(grid_init_scale * w2)
+            self.grid_b2 = nnx.Param(torch_linear_init(rngs.params(), (m, 2), grid_hidden))
+            self._position_params = ("grid_w1", "grid_b1", "grid_w2", "grid_b2", "positions")
+        else:  # one free position per neuron, U(−init_mu_range, init_mu_range) (FullGaussian2d without predictor)
+            mu = jax.random.uniform(rngs.params(), (m, n, 2), jnp.float32, -init_mu_range, init_mu_range)
+            self.mu = nnx.Param(mu)
+            self._position_params = ("mu",)
         self.sigma = nnx.Param(jax.random.uniform(rngs.params(), (m, n, 2, 2), jnp.float32, -init_sigma, init_sigma))
         self.features = nnx.Param(jnp.full((m, in_channels, n), 1.0 / in_channels, jnp.float32))
         self.bias = nnx.Param(jnp.asarray(bias))
 
     def _params(self) -> dict:
-        names = ("grid_w1", "grid_b1", "grid_w2", "grid_b2", "sigma", "features", "bias", "positions")
+        names = (*self._position_params, "sigma", "features", "bias")
         return {name: getattr(self, name)[...] for name in names}
+
+    def mean_positions(self) -> jax.Array:
+        """Every mouse's readout positions ``(M, N_max, 2)`` (without the shifter)."""
+        return jax.vmap(mean_positions)(self._params())
 
     def __call__(self, features: jax.Array, shift: jax.Array | None, key: jax.Array | None) -> jax.Array:
         """All mice: ``features (M, S, H, W, C)``, ``shift (M, S, 2)`` → ``(M, S, N_max)`` (padding is garbage)."""
