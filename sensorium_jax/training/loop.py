@@ -245,12 +245,14 @@ def _fraction_of_ceiling(results: dict) -> dict:
 
 
 def _log_table(results: dict) -> None:
+    width = max(len("ALL (neurons pooled)"), *(len(mouse) for mouse in results["mice"]))
+
     def row(name: str, tier: str, scores: dict) -> str:
         average = scores.get("correlation_to_average")
         average = "" if average is None else f"{average:.4f}"
-        return f"{name:<44} {tier:<18} {scores['single_trial_correlation']:>12.4f} {average:>11}"
+        return f"{name:<{width}} {tier:<18} {scores['single_trial_correlation']:>12.4f} {average:>11}"
 
-    lines = [f"{'mouse':<44} {'tier':<18} {'single-trial':>12} {'to-average':>11}"]
+    lines = [f"{'mouse':<{width}} {'tier':<18} {'single-trial':>12} {'to-average':>11}"]
     for mouse, tiers in results["mice"].items():
         lines.extend(row(mouse, tier, scores) for tier, scores in tiers.items())
     lines.extend(row("ALL (neurons pooled)", tier, scores) for tier, scores in results["overall"].items())
