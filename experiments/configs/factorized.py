@@ -32,7 +32,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             init_sigma=1.0,
             grid_hidden=30,
             gamma_readout=0.0,
-            grid_init_scale=1.0,
             grid_mean_predictor=True,
             init_mu_range=0.3,
         )

@@ -87,7 +87,6 @@ class GaussianReadouts(nnx.Module):
         init_sigma: float = 1.0,
         grid_hidden: int = 30,
         gamma_readout: float = 0.0,
-        grid_init_scale: float = 1.0,
         grid_mean_predictor: bool = True,
         init_mu_range: float = 0.3,
         mean_responses: Sequence[np.ndarray] | None = None,
@@ -111,9 +110,7 @@ class GaussianReadouts(nnx.Module):
         if grid_mean_predictor:
             self.grid_w1 = nnx.Param(torch_linear_init(rngs.params(), (m, 2, grid_hidden), 2))
             self.grid_b1 = nnx.Param(torch_linear_init(rngs.params(), (m, grid_hidden), 2))
-            # grid_init_scale > 1 widens the initial spread of positions (1: torch's default, as the reference).
-            w2 = torch_linear_init(rngs.params(), (m, grid_hidden, 2), grid_hidden)
-            self.grid_w2 = nnx.Param(grid_init_scale * w2)
+            self.grid_w2 = nnx.Param(torch_linear_init(rngs.params(), (m, grid_hidden, 2), grid_hidden))
             self.grid_b2 = nnx.Param(torch_linear_init(rngs.params(), (m, 2), grid_hidden))
             self._position_params = ("grid_w1", "grid_b1", "grid_w2", "grid_b2", "positions")
         else:  # one free position per neuron, U(−init_mu_range, init_mu_range) (FullGaussian2d without predictor)
