@@ -142,14 +142,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
     # The loss scale of the reference: sqrt(number of trials in the session / batch size), per mouse.
     loss_scale = [math.sqrt(s.num_trials / batch_size) for s in sessions]
+    batch_sharding = parallel.mouse_batch_sharding(mesh)
     train_step = steps.jit_train_step(
         steps.make_train_step(graphdef, tx, loss_scale, config.train.correlation_weight, config.train.loss_last_frames),
         replicated,
-        parallel.mouse_batch_sharding(mesh),
+        batch_sharding,
         replicated,
     )
     predict = steps.make_predict(graphdef)
-    batch_sharding = parallel.mouse_batch_sharding(mesh)
     clips_per_step = batch_size * len(sessions)
     writer = MetricWriter(workdir, enabled=is_main)
     eval_kwargs = dict(burn_in=model.burn_in, batch_size=config.eval.batch_size, max_neurons=mice.max_neurons)
