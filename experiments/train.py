@@ -37,8 +37,14 @@ def main(argv: list[str]) -> None:
     from sensorium_jax import parallel
 
     parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    import jax
+
+    from sensorium_jax.evaluation.loading import write_run_info
     from sensorium_jax.training.loop import train_and_evaluate
 
+    if jax.process_index() == 0:
+        # config.json + mice.json: experiments.evaluate / experiments.submit rebuild the model from them.
+        write_run_info(_CONFIG.value, _WORKDIR.value)
     train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 

@@ -124,3 +124,29 @@ def masked_correlation(target: jax.Array, prediction: jax.Array, frame_mask: jax
 
     corr = (standardise(t) * standardise(p)).sum(0) / count
     return jnp.nan_to_num(corr, nan=0.0)
+
+
+def leave_one_out_oracle_np(
+    responses: Sequence[np.ndarray], video_ids: Sequence[str], burn_in: int = BURN_IN_FRAMES
+) -> np.ndarray:
+    """Repeat-based estimate of each neuron's attainable single-trial correlation (the "oracle"); (N,).
+
+    Every trial of a video shown at least twice is predicted by the mean of the *other* repeats of that video
+    (sensorium 2022's oracle score, here on the 2023 frames: first ``burn_in`` skipped, trials concatenated in
+    time, the benchmark's correlation). Without noise-free ground truth this is the usual stand-in for the
+    noise ceiling; it is biased low for few repeats, since the leave-one-out mean is itself noisy.
+    """
+    groups = group_repeats(video_ids)
+    if not groups:
+        raise ValueError("the oracle estimate needs at least one video shown twice; none is repeated")
+    targets, oracles = [], []
+    for group in groups:
+        length = min(responses[i].shape[1] for i in group) - burn_in
+        if length <= 0:
+            raise ValueError(f"repeats of {length + burn_in} frames leave nothing after the {burn_in}-frame burn-in")
+        trials = np.stack([np.asarray(responses[i], np.float64)[:, burn_in : burn_in + length] for i in group])
+        total = trials.sum(axis=0)
+        for k in range(len(group)):
+            targets.append(trials[k])
+            oracles.append((total - trials[k]) / (len(group) - 1))
+    return correlation_np(np.concatenate(targets, axis=1), np.concatenate(oracles, axis=1), axis=1)
