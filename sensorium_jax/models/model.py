@@ -2,11 +2,18 @@
 
 Built from a config (``config.model``) and the data it will see (:class:`MiceInfo`); the core is chosen by name
 from :data:`sensorium_jax.models.cores.CORES`, so adding a core is one file and one registry line.
+
+Optional pieces, off unless the config asks for them (the factorised baseline uses none):
+
+* ``config.behavior_encoder.enabled``: ViV1T's per-mouse behaviour state encoder, added to the sampled features.
+* Cores whose ``__call__`` takes ``key`` (dropout: ViV1T) get their own stream derived from the step's key; cores
+  that take ``lengths`` (bidirectional temporal attention) are told how many frames of each trial are valid.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Sequence
 
 import jax
@@ -18,6 +25,7 @@ from flax import nnx
 from sensorium_jax.models.cores import CORES
 from sensorium_jax.models.layers import elu_plus_one
 from sensorium_jax.models.readouts import GaussianReadouts
+from sensorium_jax.models.readouts.behavior_encoder import BehaviorEncoders
 from sensorium_jax.models.shifter import MLPShifters
 
 OUTPUT_NONLINEARITIES = {"elu1": elu_plus_one, "exp": jnp.exp, "softplus": jax.nn.softplus}
@@ -58,6 +66,9 @@ class VideoModel(nnx.Module):
         self.use_pupil_channels = bool(config.pupil_center_channels)
         constant_channels = 2 * self.use_behavior + 2 * self.use_pupil_channels
         self.core = CORES[core_name](constant_channels=constant_channels, **core_config, rngs=rngs)
+        core_arguments = inspect.signature(type(self.core).__call__).parameters
+        self.core_takes_key = "key" in core_arguments
+        self.core_takes_lengths = "lengths" in core_arguments
         self.readouts = GaussianReadouts(
             mice.coordinates,
             self.core.out_channels,
@@ -66,6 +77,12 @@ class VideoModel(nnx.Module):
             rngs=rngs,
         )
         self.shifters = MLPShifters(len(mice.names), **dict(config.shifter), rngs=rngs) if config.use_shifter else None
+        encoder = dict(config.get("behavior_encoder") or {})
+        self.behavior_encoder = (
+            BehaviorEncoders(len(mice.names), self.core.out_channels, **encoder, rngs=rngs)
+            if encoder.pop("enabled", False)
+            else None
+        )
         if config.output not in OUTPUT_NONLINEARITIES:
             raise ValueError(f"unknown output nonlinearity {config.output!r}; one of {sorted(OUTPUT_NONLINEARITIES)}")
         self.output = config.output
@@ -74,6 +91,14 @@ class VideoModel(nnx.Module):
     def _constants(self, behavior: jax.Array, pupil_center: jax.Array) -> jax.Array | None:
         parts = [behavior] * self.use_behavior + [pupil_center] * self.use_pupil_channels
         return jnp.concatenate(parts, axis=-1) if parts else None
+
+    def _core(self, videos, constants, train: bool, key: jax.Array | None, lengths: jax.Array | None) -> jax.Array:
+        kwargs = {}
+        if self.core_takes_key:
+            kwargs["key"] = key
+        if self.core_takes_lengths and lengths is not None:
+            kwargs["lengths"] = lengths
+        return self.core(videos, constants, train=train, **kwargs)
 
     def __call__(
         self,
@@ -86,31 +111,54 @@ class VideoModel(nnx.Module):
     ) -> jax.Array:
         """Every mouse's sub-batch: ``videos (M, b, T, H, W)`` … → rates ``(M, b, T − burn_in, N_max)``.
 
-        ``key`` draws the readout positions (training); without it the mean positions are used.
+        ``key`` draws the readout positions (training); without it the mean positions are used. Cores and
+        encoders with dropout get streams folded from it, so the readout's draws are the same with or without them.
         """
         m, b, t = videos.shape[:3]
         flat = lambda x: x.reshape(m * b, *x.shape[2:])
-        features = self.core(flat(videos), self._constants(flat(behavior), flat(pupil_center)), train=train)
+        fold = lambda i: None if key is None else jax.random.fold_in(key, i)
+        constants = self._constants(flat(behavior), flat(pupil_center))
+        features = self._core(flat(videos), constants, train, fold(1), None)
         t_out = features.shape[1]
         features = features.reshape(m, b * t_out, *features.shape[2:])
         shift = None
         if self.shifters is not None:
             shift = self.shifters(pupil_center[:, :, t - t_out :].reshape(m, b * t_out, 2))
-        rates = OUTPUT_NONLINEARITIES[self.output](self.readouts(features, shift, key))
+        out = self.readouts(features, shift, key)
+        if self.behavior_encoder is not None:
+            states = jnp.concatenate([behavior, pupil_center], -1)[:, :, t - t_out :].reshape(m, b * t_out, -1)
+            encoded = self.behavior_encoder(states, fold(2) if train else None)  # (M, S, C)
+            # Added to the sampled features = added after the (linear) feature weights: Σ_c e_c · w_cn.
+            out = out + jnp.einsum("msc,mcn->msn", encoded, self.readouts.features[...])
+        rates = OUTPUT_NONLINEARITIES[self.output](out)
         return rates.reshape(m, b, t_out, -1)
 
     def predict_mouse(
-        self, mouse: jax.Array, videos: jax.Array, behavior: jax.Array, pupil_center: jax.Array
+        self,
+        mouse: jax.Array,
+        videos: jax.Array,
+        behavior: jax.Array,
+        pupil_center: jax.Array,
+        lengths: jax.Array | None = None,
     ) -> jax.Array:
-        """Evaluation of one mouse (traced index): ``videos (E, T, H, W)`` → ``(E, T − burn_in, N_max)``."""
+        """Evaluation of one mouse (traced index): ``videos (E, T, H, W)`` → ``(E, T − burn_in, N_max)``.
+
+        ``lengths (E,)``: valid frames of each zero-padded trial. Causal cores ignore it (padding after a frame
+        cannot change it); a core with bidirectional temporal attention masks the padded frames.
+        """
         e, t = videos.shape[:2]
-        features = self.core(videos, self._constants(behavior, pupil_center), train=False)
+        features = self._core(videos, self._constants(behavior, pupil_center), False, None, lengths)
         t_out = features.shape[1]
         features = features.reshape(e * t_out, *features.shape[2:])
         shift = None
         if self.shifters is not None:
             shift = self.shifters(pupil_center[:, t - t_out :].reshape(e * t_out, 2), mouse=mouse)
-        rates = OUTPUT_NONLINEARITIES[self.output](self.readouts.one_mouse(mouse, features, shift))
+        out = self.readouts.one_mouse(mouse, features, shift)
+        if self.behavior_encoder is not None:
+            states = jnp.concatenate([behavior, pupil_center], -1)[:, t - t_out :].reshape(e * t_out, -1)
+            encoded = self.behavior_encoder.one_mouse(mouse, states)
+            out = out + encoded @ self.readouts.features[...][mouse]
+        rates = OUTPUT_NONLINEARITIES[self.output](out)
         return rates.reshape(e, t_out, -1)
 
     def regularizer(self) -> jax.Array:
@@ -118,5 +166,22 @@ class VideoModel(nnx.Module):
         return self.core.regularizer() + self.readouts.regularizer()
 
 
-def count_parameters(model: nnx.Module) -> int:
-    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
+# Readout parameters with a (padded) neuron axis, and which axis it is (layout of GaussianReadouts).
+_NEURON_AXIS = {"mu": 1, "sigma": 1, "features": 2, "bias": 1}
+
+
+def count_parameters(model: nnx.Module, include_padding: bool = False) -> int:
+    """Trainable parameters. By default the padded neuron slots of the stacked readouts (every mouse holds
+    ``N_max``) are left out, so the figure is what per-mouse readouts of the true sizes have, as in the reference."""
+    total = int(sum(np.prod(x.shape) for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
+    num_neurons = getattr(getattr(model, "readouts", None), "num_neurons", None)
+    if include_padding or not num_neurons:
+        return total
+    readouts = model.readouts
+    slots = len(num_neurons) * max(num_neurons)
+    for name, axis in _NEURON_AXIS.items():
+        param = getattr(readouts, name, None)
+        if isinstance(param, nnx.Param) and param.shape[axis] == max(num_neurons):
+            per_slot = int(np.prod(param.shape)) // slots
+            total -= per_slot * (slots - sum(num_neurons))
+    return total

@@ -88,8 +88,9 @@ def make_train_step(
     """Build ``step(state, batch) -> (state, metrics)`` (not yet jitted; see :func:`jit_train_step`).
 
     ``loss_scale`` (M,) weighs each mouse's Poisson loss (the reference's ``sqrt(len(dataset) / batch_size)``);
-    ``correlation_weight`` adds ``w · Σ(1 − corr)`` (ViV1T's ``poisson_correlation``); ``last_frames > 0`` keeps
-    only the last K predicted frames in the loss.
+    ``correlation_weight`` adds ``w · Σ(1 − corr)`` per mouse, weighed by the same scale (ViV1T's
+    ``poisson_correlation`` scales its whole per-mouse loss); ``last_frames > 0`` keeps only the last K predicted
+    frames in the loss.
     """
     scale = jnp.asarray(np.asarray(loss_scale, np.float32))
 
@@ -106,7 +107,7 @@ def make_train_step(
         poisson = losses.poisson_loss(prediction, target, mask)
         total = jnp.sum(scale * poisson)
         if correlation_weight:
-            total = total + correlation_weight * jnp.sum(losses.correlation_loss(prediction, target, mask))
+            total = total + correlation_weight * jnp.sum(scale * losses.correlation_loss(prediction, target, mask))
         total = total + jnp.sum(model.regularizer())
         elements = mask.sum() * prediction.shape[1] * prediction.shape[2]
         metrics = {"loss": total, "poisson": poisson.sum() / elements}
