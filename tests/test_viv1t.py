@@ -21,7 +21,7 @@ from experiments.configs import factorized, viv1t
 from sensorium_jax import parallel
 from sensorium_jax.data import pipeline
 from sensorium_jax.data.reader import open_sessions
-from sensorium_jax.models.cores.viv1t import ViV1TCore, attention, parallel_block
+from sensorium_jax.models.cores.viv1t import ViV1TCore, attention, dropout_keys, keep_masks, parallel_block
 from sensorium_jax.models.model import MiceInfo, VideoModel, count_parameters
 from sensorium_jax.training import losses
 from sensorium_jax.training import step as steps
@@ -269,6 +269,10 @@ def test_dropout_only_in_training_and_needs_a_key():
     assert not np.allclose(np.asarray(a), np.asarray(b)) and not np.allclose(np.asarray(b), np.asarray(c))
     with pytest.raises(ValueError, match="PRNG key"):
         jax.eval_shape(lambda: core(video, constants, train=True))
+    # one 16-bit draw serves several sites: each gets its own rate, masks of different sites differ
+    masks = jit(lambda key: keep_masks(dropout_keys(key, 1)[0], [((400, 500), 0.358), ((400, 500), 0.0505)]))
+    attention_mask, path_mask = masks(jax.random.key(0))
+    assert abs(1 - float(attention_mask.mean()) - 0.358) < 0.005 and abs(1 - float(path_mask.mean()) - 0.0505) < 0.003
 
 
 # ---------------------------------------------------------------- parameter count
