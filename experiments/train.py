@@ -1,5 +1,7 @@
 """Train and evaluate a model: ``python -m experiments.train --config=factorized:cpu --workdir=runs/demo``.
 
+Static images (SENSORIUM 2022): ``python -m experiments.train --config=static_baseline:cpu --workdir=runs/static``.
+
 Any config in ``experiments/configs/`` works by name; override fields with ``--config.optim.lr=0.001``.
 Multi-host: start the same command on every host (``--coordinator=host:port --num_processes --process_id``
 where the launcher does not set them up itself, e.g. outside TPU pods and SLURM).
@@ -40,12 +42,26 @@ def main(argv: list[str]) -> None:
     import jax
 
     from sensorium_jax.evaluation.loading import write_run_info
-    from sensorium_jax.training.loop import train_and_evaluate
+    from sensorium_jax.training.loop import is_static, train_and_evaluate
 
+    config = _CONFIG.value
     if jax.process_index() == 0:
         # config.json + mice.json: experiments.evaluate / experiments.submit rebuild the model from them.
-        write_run_info(_CONFIG.value, _WORKDIR.value)
-    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        write_run_info(_static_run_config(config) if is_static(config) else config, _WORKDIR.value)
+    train_and_evaluate(config, _WORKDIR.value)
+
+
+def _static_run_config(config):
+    """The config with the static session folders spelled out in ``data.paths``: the run-info writer resolves
+    synthetic data with the video generator, so it is given the (generated on first use) static folders."""
+    import ml_collections
+
+    from sensorium_jax.training.loop import static_session_paths
+
+    paths, _ = static_session_paths(config.data)
+    resolved = ml_collections.ConfigDict(config.to_dict())
+    resolved.data.paths = ",".join(str(p) for p in paths)
+    return resolved
 
 
 def parse_flags(argv: list[str]) -> list[str]:

@@ -9,6 +9,7 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.num_devices = 0  # 0: every device (all hosts)
+    c.task = "video"  # "video" (SENSORIUM 2023) or "static" (SENSORIUM 2022 images; see configs/static_baseline.py)
 
     c.data = ml_collections.ConfigDict()
     c.data.paths = ""  # comma-separated session folders or globs; empty: the built-in synthetic dataset

@@ -1,4 +1,4 @@
-"""Grain input pipelines: random training clips grouped per mouse, and full-length evaluation trials.
+"""Grain input pipelines: random training clips (or images) grouped per mouse, and whole evaluation trials.
 
 Training element ``i`` is one optimiser step ("round"): a sub-batch of ``batch_size`` random clips from *every*
 mouse, stacked as ``(M, b, T, ...)``. Element ``i`` is a pure function of ``(seed, i)`` — mouse ``m`` walks through
@@ -9,6 +9,11 @@ iterator state (a position) checkpoints and resumes exactly.
 Multi-host: each process loads only its slice ``[p·b, (p+1)·b)`` of every mouse's sub-batch, with
 ``b = batch_size / process_count``; the train step assembles the global batch with
 ``jax.make_array_from_process_local_data``.
+
+Static images (SENSORIUM 2022, :class:`~sensorium_jax.data.static_reader.StaticSession`) use the same layout with
+one frame per sample — ``videos (M, b, 1, h, w)``, ``responses (M, b, 1, N_max)``, ``behavior (M, b, 1, 3)``,
+``pupil_center (M, b, 1, 2)`` — so the train step, its sharding and the prediction function are shared. Round ``i``
+takes the next ``b`` train images of every mouse from the same per-epoch permutations.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import numpy as np
 
 from sensorium_jax.data import layout
 from sensorium_jax.data.reader import Session
+from sensorium_jax.data.static_reader import STATIC_BEHAVIOR_CHANNELS, STATIC_PUPIL_CENTER_CHANNELS, StaticSession
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +54,13 @@ def check_divisibility(batch_size: int, process_count: int, device_count: int) -
         raise ValueError(f"batch size {batch_size} is not divisible by the {process_count} processes")
 
 
+def epoch_item(seed: int, mouse: int, items: np.ndarray, index: int) -> int:
+    """The ``index``-th item of a mouse's stream that walks ``items`` in a fresh permutation every epoch."""
+    epoch, position = divmod(index, len(items))
+    order = np.random.default_rng([seed, mouse, epoch]).permutation(len(items))
+    return int(items[order[position]])
+
+
 class TrainRound:
     """Maps a round index to the stacked clips of every mouse (numpy only, picklable for Grain workers)."""
 
@@ -64,10 +77,7 @@ class TrainRound:
 
     def clip(self, mouse: int, clip_index: int) -> tuple[int, int]:
         """(trial, start frame) of the ``clip_index``-th training clip of a mouse."""
-        trials = self.train_trials[mouse]
-        epoch, position = divmod(clip_index, len(trials))
-        order = np.random.default_rng([self.spec.seed, mouse, epoch]).permutation(len(trials))
-        trial = int(trials[order[position]])
+        trial = epoch_item(self.spec.seed, mouse, self.train_trials[mouse], clip_index)
         length = int(self.sessions[mouse].valid_lengths[trial])
         start = int(
             np.random.default_rng([self.spec.seed, mouse, clip_index, 1]).integers(
@@ -96,12 +106,61 @@ class TrainRound:
         return batch
 
 
-def train_dataset(sessions: Sequence[Session], spec: ClipSpec, num_rounds: int) -> grain.MapDataset:
-    return grain.MapDataset.range(num_rounds).map(TrainRound(sessions, spec))
+class StaticTrainRound:
+    """Maps a round index to ``b`` train images of every mouse, laid out as one-frame clips (numpy only)."""
+
+    def __init__(self, sessions: Sequence[StaticSession], spec: ClipSpec):
+        self.sessions = list(sessions)
+        self.spec = spec
+        shapes = {session.image_shape for session in self.sessions}
+        if len(shapes) != 1:
+            raise ValueError(f"the sessions' rescaled images differ in shape {sorted(shapes)}; the core needs one")
+        self.image_shape = next(iter(shapes))
+        self.train_trials = []
+        for session in self.sessions:
+            trials = session.trials("train")
+            if trials.size == 0:
+                raise ValueError(f"{session.path}: no train trial")
+            self.train_trials.append(trials)
+
+    def image(self, mouse: int, index: int) -> int:
+        """The trial of the ``index``-th training image of a mouse."""
+        return epoch_item(self.spec.seed, mouse, self.train_trials[mouse], index)
+
+    def __call__(self, round_index: int) -> dict[str, np.ndarray]:
+        spec = self.spec
+        b, m = spec.local_batch_size, len(self.sessions)
+        batch = {
+            "videos": np.zeros((m, b, 1, *self.image_shape), np.float32),
+            "responses": np.zeros((m, b, 1, spec.max_neurons), np.float32),
+            "behavior": np.zeros((m, b, 1, STATIC_BEHAVIOR_CHANNELS), np.float32),
+            "pupil_center": np.zeros((m, b, 1, STATIC_PUPIL_CENTER_CHANNELS), np.float32),
+        }
+        first = int(round_index) * spec.batch_size + spec.process_index * b
+        for mouse, session in enumerate(self.sessions):
+            data = session.load_many([self.image(mouse, first + slot) for slot in range(b)])
+            batch["videos"][mouse, :, 0] = data["images"]
+            batch["responses"][mouse, :, 0, : session.num_neurons] = data["responses"]
+            batch["behavior"][mouse, :, 0] = data["behavior"]
+            batch["pupil_center"][mouse, :, 0] = data["pupil_center"]
+        return batch
+
+
+def train_dataset(
+    sessions: Sequence[Session] | Sequence[StaticSession], spec: ClipSpec, num_rounds: int
+) -> grain.MapDataset:
+    """Rounds of clips (video sessions) or of images (static sessions)."""
+    static = all(isinstance(session, StaticSession) for session in sessions)
+    rounds = StaticTrainRound(sessions, spec) if static else TrainRound(sessions, spec)
+    return grain.MapDataset.range(num_rounds).map(rounds)
 
 
 def train_iterator(
-    sessions: Sequence[Session], spec: ClipSpec, num_rounds: int, num_workers: int = 0, prefetch: int = 2
+    sessions: Sequence[Session] | Sequence[StaticSession],
+    spec: ClipSpec,
+    num_rounds: int,
+    num_workers: int = 0,
+    prefetch: int = 2,
 ) -> grain.DatasetIterator:
     """Checkpointable iterator over training rounds; ``num_workers > 0`` loads in worker processes."""
     dataset = train_dataset(sessions, spec, num_rounds).to_iter_dataset(
@@ -159,4 +218,33 @@ def eval_batches(
             batch.behavior[row, :length] = data["behavior"]
             batch.pupil_center[row, :length] = data["pupil_center"]
             batch.responses[row, :length, : session.num_neurons] = data["responses"]
+        yield batch
+
+
+def static_eval_batches(
+    session: StaticSession, mouse: int, tier: str, batch_size: int, max_neurons: int
+) -> Iterator[EvalBatch]:
+    """Every image trial of a tier as one-frame clips, zero-padded to ``batch_size`` rows (one compile)."""
+    trials = session.trials(tier)
+    height, width = session.image_shape
+    for first in range(0, len(trials), batch_size):
+        chunk = trials[first : first + batch_size]
+        e = batch_size
+        data = session.load_many(chunk)
+        n = len(chunk)
+        batch = EvalBatch(
+            mouse=mouse,
+            trials=np.full(e, -1, np.int64),
+            lengths=np.zeros(e, np.int64),
+            videos=np.zeros((e, 1, height, width), np.float32),
+            behavior=np.zeros((e, 1, STATIC_BEHAVIOR_CHANNELS), np.float32),
+            pupil_center=np.zeros((e, 1, STATIC_PUPIL_CENTER_CHANNELS), np.float32),
+            responses=np.zeros((e, 1, max_neurons), np.float32),
+        )
+        batch.trials[:n] = chunk
+        batch.lengths[:n] = 1
+        batch.videos[:n, 0] = data["images"]
+        batch.behavior[:n, 0] = data["behavior"]
+        batch.pupil_center[:n, 0] = data["pupil_center"]
+        batch.responses[:n, 0, : session.num_neurons] = data["responses"]
         yield batch

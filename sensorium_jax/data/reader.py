@@ -81,6 +81,24 @@ def first_nan(row: np.ndarray) -> int:
     return int(nan[0]) if nan.size else int(row.shape[0])
 
 
+def response_precision(std: np.ndarray, path: Path) -> np.ndarray:
+    """neuralpredictors ``NeuroNormalizer``'s response scale: ``1/std``, but ``1 / (0.01 · nanmean(std))`` for
+    stds at or below that floor (silent neurons would otherwise blow up). Shared by the 2023 and 2022 readers."""
+    mean_std = float(np.nanmean(std))
+    if not np.isfinite(mean_std) or mean_std <= 0:
+        raise DataFormatError(path, f"mean response std is {mean_std}; expected a positive number")
+    threshold = RESPONSE_STD_FLOOR * mean_std
+    floored = std <= threshold
+    if floored.mean() > 0.1:
+        logging.warning(
+            "%s: %.0f%% of the response stds sit at the 1%%-of-mean floor; normalised responses of "
+            "other tiers may become very large (statistics from too few trials?)",
+            path,
+            100 * floored.mean(),
+        )
+    return np.where(floored, 1.0 / threshold, 1.0 / np.where(floored, 1.0, std)).astype(np.float32)
+
+
 @dataclasses.dataclass(frozen=True)
 class KeyStatistics:
     """Normalisation of one data key: ``y = (x − offset) · scale``, both time-last like the trial arrays.
@@ -247,22 +265,10 @@ class Session:
         has_time = std.ndim > 0 and std.shape[-1] == self.padded_length and std.ndim == self._trial_ndim(key)
         checked = std[..., :used_frames] if has_time else std
         if key == "responses":
-            mean_std = float(np.nanmean(std))
-            if not np.isfinite(mean_std) or mean_std <= 0:
-                raise DataFormatError(std_path, f"mean response std is {mean_std}; expected a positive number")
-            threshold = RESPONSE_STD_FLOOR * mean_std
             if np.isnan(checked).any():
                 raise DataFormatError(std_path, "NaN std within the valid frames")
-            floored = std <= threshold
-            if floored.mean() > 0.1:
-                logging.warning(
-                    "%s: %.0f%% of the response stds sit at the 1%%-of-mean floor; normalised responses of "
-                    "other tiers may become very large (statistics from too few trials?)",
-                    std_path,
-                    100 * floored.mean(),
-                )
-            precision = np.where(floored, 1.0 / threshold, 1.0 / np.where(floored, 1.0, std))
-            return KeyStatistics(np.zeros_like(std, dtype=np.float32), precision.astype(np.float32), has_time)
+            precision = response_precision(std, std_path)
+            return KeyStatistics(np.zeros_like(std, dtype=np.float32), precision, has_time)
         if not np.all(np.isfinite(checked)) or np.any(checked <= 0):
             raise DataFormatError(std_path, "std must be positive and finite within the valid frames")
         scale = (1.0 / std).astype(np.float32)

@@ -43,7 +43,7 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -583,6 +583,24 @@ class _Model:
         return events.T, (events * pop.amplitude).T
 
 
+def sample_responses(
+    rng: np.random.Generator, events: np.ndarray, amplitude: np.ndarray, shape: float, amplitude_cv: float
+) -> np.ndarray:
+    """Recorded responses around the expected ``events · amplitude``: gamma-Poisson event counts times summed
+    lognormal event amplitudes (mean 1 each) — sparse, non-negative and overdispersed like deconvolved calcium.
+
+    ``shape`` is the gamma shape of the negative-binomial noise (smaller = noisier); ``amplitude`` broadcasts
+    against ``events``.
+    """
+    # Gamma-Poisson counts: overdispersed like real deconvolved activity; mean stays `events`.
+    counts = rng.poisson(events * rng.gamma(shape, 1.0 / shape, size=events.shape))
+    # The CV of a sum of c lognormal amplitudes shrinks like 1/sqrt(c).
+    event_log_var = np.log1p(amplitude_cv**2)  # lognormal σ² of one event's amplitude
+    var = np.log1p(np.expm1(event_log_var) / np.maximum(counts, 1))
+    jitter = np.exp(rng.standard_normal(counts.shape) * np.sqrt(var) - var / 2)
+    return amplitude * counts * jitter
+
+
 def model_rates(
     session: str | Path,
     video: np.ndarray,
@@ -726,8 +744,6 @@ def _write_session(
     population.rate_scale = population.event_rate / train_events.mean(axis=0)
 
     noise_rng = _rng(config, _TAG_NOISE, mouse)
-    shape = config.overdispersion_shape
-    event_log_var = np.log1p(config.event_amplitude_cv**2)  # lognormal σ² of one event's amplitude
     padded = config.padded_frames
     samples: dict[str, list[np.ndarray]] = {key: [] for key in DATA_KEYS}
     truth = session / GROUND_TRUTH_DIR
@@ -735,12 +751,9 @@ def _write_session(
         n = trial.num_frames
         events = (model.event_rate(drives[i], speed[i, :n], dilation[i, :n]) * population.rate_scale).T  # (N, T)
         expected = events * population.amplitude[:, None]
-        # Gamma-Poisson counts: overdispersed like real deconvolved activity; mean stays `events`.
-        counts = noise_rng.poisson(events * noise_rng.gamma(shape, 1.0 / shape, size=events.shape))
-        # Summed lognormal event amplitudes (mean 1 each): the CV of a sum of c events shrinks like 1/sqrt(c).
-        var = np.log1p(np.expm1(event_log_var) / np.maximum(counts, 1))
-        jitter = np.exp(noise_rng.standard_normal(counts.shape) * np.sqrt(var) - var / 2)
-        response = population.amplitude[:, None] * counts * jitter
+        response = sample_responses(
+            noise_rng, events, population.amplitude[:, None], config.overdispersion_shape, config.event_amplitude_cv
+        )
         arrays = {
             "videos": np.moveaxis(clips[trial.clip_id], 0, -1),
             "responses": response,
@@ -869,47 +882,62 @@ def _remove_stale_temporaries(cache_dir: Path, name: str, host: str) -> None:
             shutil.rmtree(stale, ignore_errors=True)
 
 
-def _complete(root: Path, config: SyntheticConfig) -> bool:
-    return (root / "ceilings.json").is_file() and all((root / n).is_dir() for n in session_names(config))
+def _complete(root: Path, names: Sequence[str]) -> bool:
+    return (root / "ceilings.json").is_file() and all((root / n).is_dir() for n in names)
 
 
 def ensure_dataset(cache_dir: str | Path, config: SyntheticConfig = SyntheticConfig()) -> list[Path]:
     """Session paths of the dataset for ``config`` under ``cache_dir``, generating it on first use.
 
-    The dataset lives in ``cache_dir/<dataset_name(config)>``. It is generated into a temporary folder that is
-    renamed into place only when complete, so an interrupted generation never leaves a half dataset under the
-    final name (concurrent callers each generate; the first rename wins and the others reuse it).
+    The dataset lives in ``cache_dir/<dataset_name(config)>``; see :func:`ensure_generated`.
     """
     config = SyntheticConfig() if config is None else config
+    return ensure_generated(
+        cache_dir, dataset_name(config), session_names(config), lambda root: generate(root, config), str(config)
+    )
+
+
+def ensure_generated(
+    cache_dir: str | Path,
+    name: str,
+    names: Sequence[str],
+    generate_into: Callable[[Path], Any],
+    description: str = "",
+) -> list[Path]:
+    """``cache_dir/name/<names>``, written by ``generate_into(root)`` on first use (also ``root/ceilings.json``).
+
+    The dataset is generated into a temporary folder that is renamed into place only when complete, so an
+    interrupted generation never leaves a half dataset under the final name (concurrent callers each generate;
+    the first rename wins and the others reuse it). Shared by the video and the static synthetic datasets.
+    """
     cache_dir = Path(cache_dir).expanduser()
-    name = dataset_name(config)
     final = cache_dir / name
     if final.exists():
-        if not _complete(final, config):
+        if not _complete(final, names):
             raise DataFormatError(final, "incomplete synthetic dataset; delete it to regenerate")
         logging.info("reusing synthetic dataset %s", final)
-        return sorted(final / n for n in session_names(config))
+        return sorted(final / n for n in names)
 
     cache_dir.mkdir(parents=True, exist_ok=True)
     host = socket.gethostname().replace("-", "_")
     _remove_stale_temporaries(cache_dir, name, host)
     temporary = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-{host}-{os.getpid()}-", dir=cache_dir))
-    logging.info("generating synthetic dataset %s (config %s) in %s", name, config, temporary)
+    logging.info("generating synthetic dataset %s (config %s) in %s", name, description, temporary)
     try:
-        generate(temporary, config)
+        generate_into(temporary)
         temporary.chmod(0o755)  # mkdtemp makes it private; the dataset should be readable like any folder
         try:
             temporary.rename(final)
         except OSError:
             # Another process finished first: keep its copy, drop ours.
-            if not _complete(final, config):
+            if not _complete(final, names):
                 raise
             logging.info("another process created %s first; using it", final)
             shutil.rmtree(temporary, ignore_errors=True)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
-    return sorted(final / n for n in session_names(config))
+    return sorted(final / n for n in names)
 
 
 # ------------------------------------------------------------------------------------------------------------

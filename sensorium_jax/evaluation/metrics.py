@@ -150,3 +150,76 @@ def leave_one_out_oracle_np(
             targets.append(trials[k])
             oracles.append((total - trials[k]) / (len(group) - 1))
     return correlation_np(np.concatenate(targets, axis=1), np.concatenate(oracles, axis=1), axis=1)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# SENSORIUM 2022 (static images): sensorium ``utility/metrics.py`` + neuralpredictors ``fev``.
+# One response per trial: ``responses`` and ``predictions`` are (n_trials, N); repeats of an image share its
+# ``frame_image_id``. The ground truth is the normalised response (``responses / std``).
+
+#: Neurons whose fraction of explainable variance is below this are left out of FEVE (the benchmark's threshold).
+FEV_THRESHOLD = 0.15
+
+
+def static_single_trial_correlation_np(responses: np.ndarray, predictions: np.ndarray) -> np.ndarray:
+    """Per-neuron correlation over trials (the benchmark's ``corr(predictions, responses, axis=0)``); (N,)."""
+    return correlation_np(np.asarray(responses), np.asarray(predictions), axis=0)
+
+
+def split_by_image(values: np.ndarray, image_ids: Sequence, repeated_only: bool = False) -> list[np.ndarray]:
+    """Rows of ``values`` (n, N) grouped by image id in ascending id order (the benchmark's ``split_images``).
+
+    ``repeated_only`` keeps only images shown at least twice.
+    """
+    image_ids = np.asarray(image_ids)
+    if len(image_ids) != len(values):
+        raise ValueError(f"{len(image_ids)} image ids for {len(values)} trials")
+    groups = [values[image_ids == image] for image in np.unique(image_ids)]
+    return [g for g in groups if len(g) >= 2] if repeated_only else groups
+
+
+def static_correlation_to_average_np(responses: np.ndarray, predictions: np.ndarray, image_ids: Sequence) -> np.ndarray:
+    """Per-neuron correlation between the mean response and the mean prediction per image, across images; (N,).
+
+    As the benchmark: every image id takes part (an image shown once is its own mean); it is meant for the test
+    tiers, where every image is repeated.
+    """
+    mean_responses = np.stack([g.mean(axis=0) for g in split_by_image(np.asarray(responses, np.float64), image_ids)])
+    mean_predictions = np.stack(
+        [g.mean(axis=0) for g in split_by_image(np.asarray(predictions, np.float64), image_ids)]
+    )
+    return correlation_np(mean_responses, mean_predictions, axis=0)
+
+
+def fev_np(targets: Sequence[np.ndarray], predictions: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Fraction of explainable variance (FEV) and fraction of it explained by the predictions (FEVE), per neuron.
+
+    ``targets``/``predictions``: one ``(repeats, N)`` array per image. neuralpredictors ``fev``: noise variance =
+    mean over images of the across-repeat variance, total variance over all trials (both ``ddof=1``);
+    ``FEV = (total − noise) / total``, ``FEVE = 1 − (MSE − noise) / (total − noise)`` with the MSE over all trials.
+    """
+    targets = [np.asarray(t, np.float64) for t in targets]
+    predictions = [np.asarray(p, np.float64) for p in predictions]
+    noise_var = np.mean(np.stack([t.var(axis=0, ddof=1) for t in targets]), axis=0)
+    total_var = np.vstack(targets).var(axis=0, ddof=1)
+    mse = np.mean(np.vstack([(t - p) ** 2 for t, p in zip(targets, predictions, strict=True)]), axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):  # a neuron without variance: NaN, as the reference
+        fev = (total_var - noise_var) / total_var
+        feve = 1.0 - (mse - noise_var) / (total_var - noise_var)
+    return fev, feve
+
+
+def static_feve_np(
+    responses: np.ndarray, predictions: np.ndarray, image_ids: Sequence, fev_threshold: float = FEV_THRESHOLD
+) -> tuple[np.ndarray, np.ndarray]:
+    """FEVE of the neurons with FEV ≥ ``fev_threshold``, and the boolean selection (N,) (the benchmark's ``feve``).
+
+    Only images shown at least twice enter (a single presentation has no across-repeat variance); on the test
+    tiers, where every image repeats, this is exactly the benchmark. Returns ``(feve[selected], selected)``.
+    """
+    targets = split_by_image(np.asarray(responses), image_ids, repeated_only=True)
+    if not targets:
+        raise ValueError("FEVE needs at least one image shown twice; none is repeated")
+    fev, feve = fev_np(targets, split_by_image(np.asarray(predictions), image_ids, repeated_only=True))
+    selected = fev >= fev_threshold
+    return feve[selected], selected

@@ -6,6 +6,11 @@ decides: improved → save as best; ``patience`` evaluations without improvement
 multiply the learning rate by ``factor`` (not below ``min_lr``); the ``lr_decay_steps``-th time → stop. This joins
 neuralpredictors' ``early_stopping`` (restore best, ``lr_decay_steps``) and ``ReduceLROnPlateau``, which the
 reference runs side by side with the same patience.
+
+``config.task`` selects the benchmark: ``"video"`` (SENSORIUM 2023, the default) or ``"static"`` (SENSORIUM 2022:
+:class:`~sensorium_jax.data.static_reader.StaticSession` data, a
+:class:`~sensorium_jax.models.static_model.StaticModel`, early stopping on the ``validation`` tier, final scores
+with FEVE). Both share the train step, the loss, the optimiser, the schedule, checkpoints and the input pipeline.
 """
 
 from __future__ import annotations
@@ -23,8 +28,11 @@ from flax import nnx
 from sensorium_jax import parallel
 from sensorium_jax.data import layout, pipeline
 from sensorium_jax.data.reader import Session, open_sessions
+from sensorium_jax.data.static_reader import STATIC_EVALUATION_TIERS, StaticSession, open_static_sessions
 from sensorium_jax.evaluation import evaluate as evaluation
+from sensorium_jax.evaluation import static_evaluate
 from sensorium_jax.models.model import MiceInfo, VideoModel, count_parameters
+from sensorium_jax.models.static_model import StaticModel
 from sensorium_jax.training import step as steps
 from sensorium_jax.training.checkpoint import Checkpoints
 from sensorium_jax.training.logger import MetricWriter
@@ -48,6 +56,34 @@ def load_sessions(config: ml_collections.ConfigDict) -> tuple[list[Session], Pat
 
     paths = synthetic.ensure_dataset(config.cache_dir, synthetic.SyntheticConfig(**config.synthetic))
     return open_sessions(paths, validate=config.validate), Path(paths[0]).parent
+
+
+def is_static(config: ml_collections.ConfigDict) -> bool:
+    """Whether a config trains on static images (``config.task == "static"``); configs without the field are video."""
+    task = config.get("task", "video")
+    if task not in ("video", "static"):
+        raise ValueError(f"config.task must be 'video' or 'static', got {task!r}")
+    return task == "static"
+
+
+def static_session_paths(config: ml_collections.ConfigDict) -> tuple[list[Path], Path | None]:
+    """The static session folders named by ``config.paths``, else the built-in synthetic static dataset
+    (generated on first use); for synthetic data also the dataset root (which holds its ceilings)."""
+    if config.paths:
+        from sensorium_jax.evaluation.loading import parse_paths
+
+        return parse_paths(str(config.paths)), None
+    from sensorium_jax.data import synthetic_static  # only needed without real data
+
+    synthetic_config = synthetic_static.StaticSyntheticConfig.from_dict(config.synthetic.to_dict())
+    paths = synthetic_static.ensure_dataset(config.cache_dir, synthetic_config)
+    return paths, Path(paths[0]).parent
+
+
+def load_static_sessions(config: ml_collections.ConfigDict) -> tuple[list[StaticSession], Path | None]:
+    """Like :func:`load_sessions` for static images (``config`` is ``config.data``)."""
+    paths, root = static_session_paths(config)
+    return open_static_sessions(paths, validate=config.validate, scale=config.get("image_scale", 0.25)), root
 
 
 class PlateauSchedule:
@@ -90,7 +126,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     is_main = jax.process_index() == 0
-    sessions, synthetic_root = load_sessions(config.data)
+    static = is_static(config)
+    sessions, synthetic_root = (load_static_sessions if static else load_sessions)(config.data)
     for session in sessions:
         logging.info("%r", session)
 
@@ -98,7 +135,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     batch_size = config.data.batch_size
     pipeline.check_divisibility(batch_size, jax.process_count(), mesh.size)
     mice = MiceInfo.from_sessions(sessions)
-    model = VideoModel(config.model, mice, rngs=nnx.Rngs(config.seed))
+    model = (StaticModel if static else VideoModel)(config.model, mice, rngs=nnx.Rngs(config.seed))
     logging.info(
         "model: %s core, %d parameters (%d mice, %d neurons), burn-in %d frames",
         config.model.core.name,
@@ -107,7 +144,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         sum(mice.num_neurons),
         model.burn_in,
     )
-    if config.data.clip_frames <= model.burn_in:
+    if not static and config.data.clip_frames <= model.burn_in:
         raise ValueError(f"clip_frames {config.data.clip_frames} must exceed the core's burn-in {model.burn_in}")
 
     tx = steps.make_optimizer(config.optim, nnx.state(model, nnx.Param))
@@ -119,7 +156,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     steps_per_epoch = config.train.steps_per_epoch or math.ceil(max(train_counts) / batch_size)
     spec = pipeline.ClipSpec(
         batch_size=batch_size,
-        clip_frames=config.data.clip_frames,
+        clip_frames=1 if static else config.data.clip_frames,  # a static sample is one frame
         max_neurons=mice.max_neurons,
         seed=config.seed,
         process_index=jax.process_index(),
@@ -152,7 +189,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     predict = steps.make_predict(graphdef)
     clips_per_step = batch_size * len(sessions)
     writer = MetricWriter(workdir, enabled=is_main)
-    eval_kwargs = dict(burn_in=model.burn_in, batch_size=config.eval.batch_size, max_neurons=mice.max_neurons)
+    if static:
+        eval_kwargs = dict(batch_size=config.eval.batch_size, max_neurons=mice.max_neurons)
+        validate = static_evaluate.static_validation_correlation
+        validation_label, unit = "validation", "images"
+    else:
+        eval_kwargs = dict(burn_in=model.burn_in, batch_size=config.eval.batch_size, max_neurons=mice.max_neurons)
+        validate = evaluation.validation_correlation
+        validation_label, unit = "validation (oracle)", "clips"
 
     timer = {"t": time.perf_counter(), "steps": 0, "compiled": False}
     while loop["epoch"] < config.train.max_epochs and not loop["stopped"]:
@@ -173,12 +217,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             else:
                 record["clips_per_second"] = timer["steps"] * clips_per_step / elapsed
                 logging.info(
-                    "epoch %d step %d: loss %.4g (poisson/element %.4f) | %.1f clips/s, %.2f s/step | lr %.3g",
+                    "epoch %d step %d: loss %.4g (poisson/element %.4f) | %.1f %s/s, %.2f s/step | lr %.3g",
                     loop["epoch"] + 1,
                     step,
                     metrics["loss"],
                     metrics["poisson"],
                     record["clips_per_second"],
+                    unit,
                     elapsed / timer["steps"],
                     lr,
                 )
@@ -187,11 +232,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
         loop["epoch"] += 1
         step = int(state.step)
-        objective = evaluation.validation_correlation(predict, state, sessions, **eval_kwargs)
+        objective = validate(predict, state, sessions, **eval_kwargs)
         action, lr_scale = schedule.update(loop, objective, loop["epoch"], float(state.lr_scale))
         logging.info(
-            "epoch %d: validation (oracle) single-trial correlation %.4f (best %.4f at epoch %d) → %s",
+            "epoch %d: %s single-trial correlation %.4f (best %.4f at epoch %d) → %s",
             loop["epoch"],
+            validation_label,
             objective,
             loop["best"],
             loop["best_epoch"],
@@ -209,8 +255,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
     if checkpoints.has_best():
         state = jax.device_put(checkpoints.restore_best(state), replicated)
-    tiers = [t for t in layout.EVALUATION_TIERS if any(s.trials(t).size for s in sessions)]
-    results = evaluation.evaluate(predict, state, sessions, tiers, **eval_kwargs)
+    all_tiers = STATIC_EVALUATION_TIERS if static else layout.EVALUATION_TIERS
+    tiers = [t for t in all_tiers if any(s.trials(t).size for s in sessions)]
+    evaluate = static_evaluate.evaluate_static if static else evaluation.evaluate
+    results = evaluate(predict, state, sessions, tiers, **eval_kwargs)
     results["best_epoch"] = loop["best_epoch"]
     results["epochs"] = loop["epoch"]
     results["parameters"] = count_parameters(model)
@@ -234,7 +282,7 @@ def _fraction_of_ceiling(results: dict) -> dict:
         if not ceiling:
             continue
         fractions[tier] = {}
-        for metric in ("single_trial", "correlation_to_average"):
+        for metric in ("single_trial", "correlation_to_average", "feve"):
             value, bound = (
                 scores.get(f"{metric}_correlation" if metric == "single_trial" else metric),
                 ceiling.get(metric),
@@ -247,12 +295,16 @@ def _fraction_of_ceiling(results: dict) -> dict:
 def _log_table(results: dict) -> None:
     width = max(len("ALL (neurons pooled)"), *(len(mouse) for mouse in results["mice"]))
 
-    def row(name: str, tier: str, scores: dict) -> str:
-        average = scores.get("correlation_to_average")
-        average = "" if average is None else f"{average:.4f}"
-        return f"{name:<{width}} {tier:<18} {scores['single_trial_correlation']:>12.4f} {average:>11}"
+    with_feve = any("feve" in scores for scores in results["overall"].values())  # static images only
 
-    lines = [f"{'mouse':<{width}} {'tier':<18} {'single-trial':>12} {'to-average':>11}"]
+    def row(name: str, tier: str, scores: dict) -> str:
+        average, feve = scores.get("correlation_to_average"), scores.get("feve")
+        average = "" if average is None else f"{average:.4f}"
+        line = f"{name:<{width}} {tier:<18} {scores['single_trial_correlation']:>12.4f} {average:>11}"
+        return line + (f" {'' if feve is None else f'{feve:.4f}':>8}" if with_feve else "")
+
+    header = f"{'mouse':<{width}} {'tier':<18} {'single-trial':>12} {'to-average':>11}"
+    lines = [header + (f" {'FEVE':>8}" if with_feve else "")]
     for mouse, tiers in results["mice"].items():
         lines.extend(row(mouse, tier, scores) for tier, scores in tiers.items())
     lines.extend(row("ALL (neurons pooled)", tier, scores) for tier, scores in results["overall"].items())
