@@ -113,7 +113,6 @@ class Stacked2dCore(nnx.Module):
         final_nonlinearity: bool = True,
         stack: int | Sequence[int] = -1,
         compute_dtype: str = "float32",
-        constant_init_scale: float = 1.0,
         *,
         rngs: nnx.Rngs,
     ):
@@ -127,11 +126,7 @@ class Stacked2dCore(nnx.Module):
         self.compute_dtype = jnp.dtype(compute_dtype)
         c, k = hidden_channels, input_kernel
         inputs = image_channels + constant_channels
-        kernel = xavier_normal(rngs.params(), (k, k, inputs, c), inputs * k * k, c * k * k)
-        # The constant (behaviour) channels' filters can start smaller than xavier's: at full size their summed
-        # taps make behaviour dominate the first layer's activations at initialisation (BUILD_NOTES).
-        kernel = kernel.at[:, :, image_channels:].multiply(constant_init_scale)
-        self.input_kernel = nnx.Param(kernel)
+        self.input_kernel = nnx.Param(xavier_normal(rngs.params(), (k, k, inputs, c), inputs * k * k, c * k * k))
         self.input_bias = nnx.Param(jnp.zeros((c,))) if bias else None
         self.hidden = nnx.List([DepthSeparableConv(c, c, hidden_kernel, bias, rngs=rngs) for _ in range(layers - 1)])
         # torch BatchNorm momentum m updates running = (1 − m)·running + m·batch, i.e. Flax momentum 1 − m.
