@@ -75,6 +75,22 @@ def load_small(path: Path, what: str) -> np.ndarray:
         raise DataFormatError(path, f"cannot be read as .npy ({error})") from error
 
 
+def check_trial_files(session: Path, keys: Sequence[str], num_trials: int) -> None:
+    """Every ``data/<key>`` folder exists and holds one file per trial of ``meta/trials/tiers.npy``.
+    Shared by the 2023 and 2022 readers."""
+    for key in keys:
+        folder = session / "data" / key
+        if not folder.is_dir():
+            raise DataFormatError(folder, "folder is missing")
+        count = sum(1 for _ in folder.iterdir())
+        if count != num_trials:
+            raise DataFormatError(
+                folder,
+                f"holds {count} entries but meta/trials/tiers.npy lists {num_trials} trials "
+                "(the tiers array must have one entry per trial file)",
+            )
+
+
 def first_nan(row: np.ndarray) -> int:
     """Index of the first NaN along a 1-D time series, or its length if it has none."""
     nan = np.flatnonzero(np.isnan(row))
@@ -157,7 +173,7 @@ class Session:
             )
         self.coordinates = coords.astype(np.float32)
 
-        self._check_trial_files()
+        check_trial_files(self.path, DATA_KEYS, self.num_trials)
         used = np.flatnonzero(self.tiers != layout.Tier.NONE.value)
         self.padded_length = self._index_headers(used)
         with ThreadPoolExecutor(num_threads) as pool:
@@ -171,19 +187,6 @@ class Session:
 
     # ----------------------------------------------------------------------------------------------------------
     # Indexing and validation (start-up only)
-
-    def _check_trial_files(self) -> None:
-        for key in DATA_KEYS:
-            folder = self.path / "data" / key
-            if not folder.is_dir():
-                raise DataFormatError(folder, "folder is missing")
-            count = sum(1 for _ in folder.iterdir())
-            if count != self.num_trials:
-                raise DataFormatError(
-                    folder,
-                    f"holds {count} entries but meta/trials/tiers.npy lists {self.num_trials} trials "
-                    "(the tiers array must have one entry per trial file)",
-                )
 
     def _index_headers(self, trials: np.ndarray) -> int:
         self._headers: dict[tuple[str, int], NpyHeader] = {}

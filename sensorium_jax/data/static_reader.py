@@ -37,7 +37,7 @@ import numpy as np
 
 from sensorium_jax.data import layout
 from sensorium_jax.data.layout import DataFormatError
-from sensorium_jax.data.reader import NpyHeader, load_small, read_npy_header, response_precision
+from sensorium_jax.data.reader import NpyHeader, check_trial_files, load_small, read_npy_header, response_precision
 
 STATIC_DATA_KEYS = ("images", "responses", "behavior", "pupil_center")
 IMAGE_HEIGHT = 144
@@ -170,7 +170,7 @@ class StaticSession:
         if unknown:
             raise DataFormatError(tiers_file, f"unknown tier names {unknown}; expected {sorted(KNOWN_STATIC_TIERS)}")
         self.num_trials = len(self.tiers)
-        self._check_trial_files()
+        check_trial_files(self.path, STATIC_DATA_KEYS, self.num_trials)
         self.frame_image_id = self._trial_info(frame_image_id_path(self.path), "image id of every trial")
         self.trial_idx = self._trial_info(trial_idx_path(self.path), "presentation index of every trial")
 
@@ -220,19 +220,6 @@ class StaticSession:
                 "(every meta/trials array needs one entry per trial)",
             )
         return values
-
-    def _check_trial_files(self) -> None:
-        for key in STATIC_DATA_KEYS:
-            folder = self.path / "data" / key
-            if not folder.is_dir():
-                raise DataFormatError(folder, "folder is missing")
-            count = sum(1 for _ in folder.iterdir())
-            if count != self.num_trials:
-                raise DataFormatError(
-                    folder,
-                    f"holds {count} entries but meta/trials/tiers.npy lists {self.num_trials} trials "
-                    "(the tiers array must have one entry per trial file)",
-                )
 
     def _expected(self, key: str) -> tuple[tuple[int, ...], ...]:
         """Accepted shapes of one trial array (images: any ``(1, H, W)``, checked for agreement afterwards)."""

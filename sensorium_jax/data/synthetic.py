@@ -153,10 +153,11 @@ class SyntheticConfig:
         return self.frames + self.pad_frames // 2
 
 
-def config_hash(config: SyntheticConfig) -> str:
-    """32-hex-digit digest of the config and generator version (like the hash in real session names)."""
+def config_hash(config: Any, generator_version: int = GENERATOR_VERSION) -> str:
+    """32-hex-digit digest of a generator config dataclass and its generator's version (like the hash in real
+    session names). Shared by the video and the static generators."""
     payload = json.dumps(
-        {"generator_version": GENERATOR_VERSION, **dataclasses.asdict(config)}, sort_keys=True
+        {"generator_version": generator_version, **dataclasses.asdict(config)}, sort_keys=True, default=list
     ).encode()
     return hashlib.md5(payload).hexdigest()
 
@@ -170,7 +171,7 @@ def dataset_name(config: SyntheticConfig) -> str:
     return f"sensorium-synthetic-{config_hash(config)[:16]}"
 
 
-def _rng(config: SyntheticConfig, *tags: int) -> np.random.Generator:
+def stage_rng(config: Any, *tags: int) -> np.random.Generator:
     # One independent stream per (seed, purpose[, mouse]): changing one stage never reshuffles the others.
     return np.random.default_rng([config.seed, *tags])
 
@@ -667,7 +668,7 @@ def _repeated_tiers(config: SyntheticConfig) -> list[tuple[str, int, int, int]]:
 
 
 def _repeated_clip_library(config: SyntheticConfig) -> dict[int, np.ndarray]:
-    rng = _rng(config, _TAG_LIBRARY)
+    rng = stage_rng(config, _TAG_LIBRARY)
     count = config.oracle_videos + 2 * config.test_videos
     return {clip_id: _natural_clip(rng, config.frames, config) for clip_id in range(count)}
 
@@ -709,17 +710,17 @@ def _write_session(
     """Simulate one mouse and write its folder; returns a short summary for the log."""
     started = time.perf_counter()
     num_neurons = config.neurons_per_mouse[mouse]
-    population, cortex = _make_population(_rng(config, _TAG_NEURONS, mouse), num_neurons, config)
-    plan = _trial_plan(_rng(config, _TAG_PLAN, mouse), mouse, config)
+    population, cortex = _make_population(stage_rng(config, _TAG_NEURONS, mouse), num_neurons, config)
+    plan = _trial_plan(stage_rng(config, _TAG_PLAN, mouse), mouse, config)
     is_train = np.array([trial.tier == Tier.TRAIN.value for trial in plan])
 
-    clip_rng = _rng(config, _TAG_CLIPS, mouse)
+    clip_rng = stage_rng(config, _TAG_CLIPS, mouse)
     clips = dict(library)
     for trial in plan:
         if trial.clip_id not in clips:
             clips[trial.clip_id] = _natural_clip(clip_rng, trial.num_frames, config)
 
-    behaviour_rng = _rng(config, _TAG_BEHAVIOUR, mouse)
+    behaviour_rng = stage_rng(config, _TAG_BEHAVIOUR, mouse)
     speed, dilation, eye = _simulate_behaviour(behaviour_rng, len(plan), config.long_frames)
     lengths = [trial.num_frames for trial in plan]
     train_speed = np.concatenate([speed[i, : lengths[i]] for i in np.flatnonzero(is_train)])
@@ -743,7 +744,7 @@ def _write_session(
     train_events = model.event_rate(train_drive, train_speed, train_dilation)
     population.rate_scale = population.event_rate / train_events.mean(axis=0)
 
-    noise_rng = _rng(config, _TAG_NOISE, mouse)
+    noise_rng = stage_rng(config, _TAG_NOISE, mouse)
     padded = config.padded_frames
     samples: dict[str, list[np.ndarray]] = {key: [] for key in DATA_KEYS}
     truth = session / GROUND_TRUTH_DIR
@@ -771,7 +772,7 @@ def _write_session(
     _save(layout.tiers_path(session), np.array([trial.tier for trial in plan], dtype="<U16"))
     # Unique, sorted, not 0..N-1, like the real unit ids (a reader must not treat them as indices).
     id_pool = np.arange(1, 20 * num_neurons + 1)
-    unit_ids = np.sort(_rng(config, _TAG_IDS, mouse).choice(id_pool, num_neurons, replace=False))
+    unit_ids = np.sort(stage_rng(config, _TAG_IDS, mouse).choice(id_pool, num_neurons, replace=False))
     _save(layout.unit_ids_path(session), unit_ids.astype(np.int64))
     _save(layout.coordinates_path(session), cortex.astype(np.float64))
 

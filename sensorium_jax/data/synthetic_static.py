@@ -25,7 +25,6 @@ order. ``root/ceilings.json`` holds the benchmark scores of the noiseless rates 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import time
 from collections.abc import Sequence
@@ -47,7 +46,7 @@ from sensorium_jax.data.static_reader import (
     rescaled_size,
     trial_idx_path,
 )
-from sensorium_jax.data.synthetic import STATISTICS_SOURCES, SyntheticConfig, sample_responses
+from sensorium_jax.data.synthetic import STATISTICS_SOURCES, SyntheticConfig, sample_responses, stage_rng
 from sensorium_jax.evaluation import metrics
 
 #: Bump when the simulation changes, so cached datasets of an older generator are not reused.
@@ -129,10 +128,7 @@ class StaticSyntheticConfig:
 
 
 def config_hash(config: StaticSyntheticConfig) -> str:
-    payload = json.dumps(
-        {"generator_version": GENERATOR_VERSION, **dataclasses.asdict(config)}, sort_keys=True, default=list
-    ).encode()
-    return hashlib.md5(payload).hexdigest()
+    return synthetic.config_hash(config, GENERATOR_VERSION)
 
 
 def session_names(config: StaticSyntheticConfig) -> list[str]:
@@ -143,11 +139,6 @@ def session_names(config: StaticSyntheticConfig) -> list[str]:
 
 def dataset_name(config: StaticSyntheticConfig) -> str:
     return f"sensorium-static-synthetic-{config_hash(config)[:16]}"
-
-
-def _rng(config: StaticSyntheticConfig, *tags: int) -> np.random.Generator:
-    # One independent stream per (seed, purpose[, mouse]): changing one stage never reshuffles the others.
-    return np.random.default_rng([config.seed, *tags])
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -217,10 +208,10 @@ class _Plan:
 
 
 def _plan(config: StaticSyntheticConfig, mouse: int, shared: dict[int, np.ndarray]) -> _Plan:
-    rng = _rng(config, _TAG_PLAN, mouse)
+    rng = stage_rng(config, _TAG_PLAN, mouse)
     unique_base = (mouse + 1) * _MOUSE_IMAGE_ID_STRIDE
     count = config.train_images + config.validation_images
-    unique = natural_images(_rng(config, _TAG_IMAGES, mouse), count, config.image_height, config.image_width)
+    unique = natural_images(stage_rng(config, _TAG_IMAGES, mouse), count, config.image_height, config.image_width)
     images = {unique_base + k: unique[k] for k in range(count)}
     images.update(shared)
     tiers = [StaticTier.TRAIN.value] * config.train_images + [StaticTier.VALIDATION.value] * config.validation_images
@@ -238,7 +229,7 @@ def _plan(config: StaticSyntheticConfig, mouse: int, shared: dict[int, np.ndarra
 
 def _shared_images(config: StaticSyntheticConfig) -> dict[int, np.ndarray]:
     count = config.test_images + config.final_test_images
-    images = natural_images(_rng(config, _TAG_SHARED), count, config.image_height, config.image_width)
+    images = natural_images(stage_rng(config, _TAG_SHARED), count, config.image_height, config.image_width)
     return dict(enumerate(images))
 
 
@@ -272,11 +263,11 @@ def _write_session(
     started = time.perf_counter()
     physiology = config.physiology_config()
     num_neurons = config.neurons_per_mouse[mouse]
-    population, cortex = synthetic._make_population(_rng(config, _TAG_NEURONS, mouse), num_neurons, physiology)
+    population, cortex = synthetic._make_population(stage_rng(config, _TAG_NEURONS, mouse), num_neurons, physiology)
     plan = _plan(config, mouse, shared)
     n = len(plan.tiers)
     is_train = plan.tiers == StaticTier.TRAIN.value
-    behavior, pupil_center = _behaviour(_rng(config, _TAG_BEHAVIOUR, mouse), n, config.trial_frames)
+    behavior, pupil_center = _behaviour(stage_rng(config, _TAG_BEHAVIOUR, mouse), n, config.trial_frames)
 
     population.eye_reference = pupil_center[is_train].mean(axis=0)
     population.pupil_mean, population.pupil_std = behavior[is_train, 0].mean(), behavior[is_train, 0].std() + 1e-6
@@ -297,7 +288,7 @@ def _write_session(
     events = events * population.rate_scale
     expected = (events * population.amplitude).astype(np.float32)
     responses = sample_responses(
-        _rng(config, _TAG_NOISE, mouse),
+        stage_rng(config, _TAG_NOISE, mouse),
         events,
         population.amplitude,
         physiology.overdispersion_shape,
@@ -305,7 +296,7 @@ def _write_session(
     ).astype(np.float32)
 
     # Files in a random order (as in the real data); trial_idx gives each file's presentation index.
-    file_order = _rng(config, _TAG_PLAN, mouse, 1).permutation(n)  # file i holds presentation file_order[i]
+    file_order = stage_rng(config, _TAG_PLAN, mouse, 1).permutation(n)  # file i holds presentation file_order[i]
     arrays = {
         "images": np.stack([plan.images[i] for i in plan.image_ids])[:, None],  # (n, 1, H, W) uint8
         "responses": responses,
@@ -326,7 +317,7 @@ def _write_session(
     # The reference loader also reads an image class per trial.
     _save(session / "meta" / "trials" / "frame_image_class.npy", np.full(n, "imagenet", dtype="<U8"))
     id_pool = np.arange(1, 20 * num_neurons + 1)
-    unit_ids = np.sort(_rng(config, _TAG_IDS, mouse).choice(id_pool, num_neurons, replace=False))
+    unit_ids = np.sort(stage_rng(config, _TAG_IDS, mouse).choice(id_pool, num_neurons, replace=False))
     neurons = session / "meta" / "neurons"
     _save(layout.unit_ids_path(session), unit_ids.astype(np.int64))
     _save(layout.coordinates_path(session), cortex.astype(np.float64))
