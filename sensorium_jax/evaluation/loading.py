@@ -30,7 +30,8 @@ from flax import nnx
 
 from sensorium_jax.data import layout
 from sensorium_jax.data.reader import Session, load_small
-from sensorium_jax.models.model import MiceInfo, VideoModel
+from sensorium_jax.models.model import MiceInfo
+from sensorium_jax.models.registry import build_model
 from sensorium_jax.training import step as steps
 
 CONFIG_FILE = "config.json"
@@ -292,7 +293,7 @@ def load_model(workdir: str | Path, checkpoint: str = "best") -> TrainedModel:
     workdir = Path(workdir)
     config, mice = read_run_info(workdir)
     directory, step = find_checkpoint(workdir, checkpoint)
-    model = VideoModel(config.model, _placeholder_mice(mice), rngs=nnx.Rngs(config.seed))
+    model = build_model(config.model, _placeholder_mice(mice), task=config.get("task", "video"), seed=config.seed)
     tx = steps.make_optimizer(config.optim, nnx.state(model, nnx.Param))
     graphdef, target = steps.create_train_state(model, tx, config.seed)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)

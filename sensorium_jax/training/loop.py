@@ -31,8 +31,8 @@ from sensorium_jax.data.reader import Session, open_sessions
 from sensorium_jax.data.static_reader import STATIC_EVALUATION_TIERS, StaticSession, open_static_sessions
 from sensorium_jax.evaluation import evaluate as evaluation
 from sensorium_jax.evaluation import static_evaluate
-from sensorium_jax.models.model import MiceInfo, VideoModel, count_parameters
-from sensorium_jax.models.static_model import StaticModel
+from sensorium_jax.models.model import MiceInfo, count_parameters
+from sensorium_jax.models.registry import build_model
 from sensorium_jax.training import step as steps
 from sensorium_jax.training.checkpoint import Checkpoints
 from sensorium_jax.training.logger import MetricWriter
@@ -135,7 +135,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     batch_size = config.data.batch_size
     pipeline.check_divisibility(batch_size, jax.process_count(), mesh.size)
     mice = MiceInfo.from_sessions(sessions)
-    model = (StaticModel if static else VideoModel)(config.model, mice, rngs=nnx.Rngs(config.seed))
+    model = build_model(config.model, mice, task=config.get("task", "video"), seed=config.seed)
     logging.info(
         "model: %s core, %d parameters (%d mice, %d neurons), burn-in %d frames",
         config.model.core.name,
