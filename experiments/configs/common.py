@@ -26,6 +26,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.weight_decay = 0.01  # torch AdamW's default, which the reference leaves in place
     c.optim.core_lr = 0.0  # 0: same as lr
     c.optim.core_weight_decay = None
+    c.optim.shifter_lr = 0.0  # 0: same as lr (the readouts')
     c.optim.clip_grad_norm = 0.0
 
     c.train = ml_collections.ConfigDict()

@@ -38,25 +38,37 @@ def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.State, nnx.State, 
     return graphdef, params, batch_stats, constants
 
 
-def param_labels(params: nnx.State) -> nnx.State:
-    """'core' for the core's parameters, 'rest' for readouts and shifters (separate lr / weight decay)."""
-    return jax.tree_util.tree_map_with_path(
-        lambda path, _: "core" if getattr(path[0], "key", None) == "core" else "rest", params
-    )
+def param_labels(params: nnx.State, separate_shifter: bool = False) -> nnx.State:
+    """'core' for the core's parameters, 'rest' for readouts and shifters (separate lr / weight decay); with
+    ``separate_shifter`` the shifters get a group of their own ('shifter')."""
+
+    def label(path, _) -> str:
+        top = getattr(path[0], "key", None)
+        if top == "core":
+            return "core"
+        return "shifter" if separate_shifter and top == "shifters" else "rest"
+
+    return jax.tree_util.tree_map_with_path(label, params)
 
 
 def make_optimizer(config: ml_collections.ConfigDict, params: nnx.State) -> optax.GradientTransformation:
     """AdamW (torch semantics: decoupled weight decay scaled by the lr), optionally with its own lr / weight
-    decay for the core, and optional global-norm clipping."""
+    decay for the core, its own lr for the shifters, and optional global-norm clipping.
+
+    ``shifter_lr``: the pupil-centre shifter moves every readout position of a mouse at once; at the readout lr
+    of the short CPU recipes it overshoots and the positions never settle (BUILD_NOTES.md), so it may learn slower.
+    """
 
     def adamw(lr: float, wd: float) -> optax.GradientTransformation:
         return optax.adamw(lr, b1=0.9, b2=0.999, eps=1e-8, weight_decay=wd)
 
     core_lr = config.get("core_lr") or config.lr
     core_wd = config.weight_decay if config.get("core_weight_decay") is None else config.core_weight_decay
-    tx = optax.multi_transform(
-        {"core": adamw(core_lr, core_wd), "rest": adamw(config.lr, config.weight_decay)}, param_labels(params)
-    )
+    shifter_lr = config.get("shifter_lr") or 0.0
+    groups = {"core": adamw(core_lr, core_wd), "rest": adamw(config.lr, config.weight_decay)}
+    if shifter_lr:
+        groups["shifter"] = adamw(shifter_lr, config.weight_decay)
+    tx = optax.multi_transform(groups, param_labels(params, separate_shifter=bool(shifter_lr)))
     if config.get("clip_grad_norm"):
         tx = optax.chain(optax.clip_by_global_norm(config.clip_grad_norm), tx)
     return tx
