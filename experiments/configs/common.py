@@ -20,6 +20,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.clip_frames = 80
     c.data.num_workers = 0  # Grain worker processes (0: threads in this process)
     c.data.prefetch = 2
+    # "all": every step holds a sub-batch of every mouse (the SENSORIUM baselines, ViV1T); "one": every step holds
+    # batch_size clips of one mouse, mice cycled round-robin (Dynamic-V1FM's LongCycler), one compiled step.
+    c.data.mouse_sampling = "all"
 
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 0.005
@@ -28,6 +31,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.core_weight_decay = None
     c.optim.shifter_lr = 0.0  # 0: same as lr (the readouts')
     c.optim.clip_grad_norm = 0.0
+    c.optim.accumulate_steps = 1  # > 1: the batch is split into this many micro-batches, gradients summed
 
     c.train = ml_collections.ConfigDict()
     c.train.max_epochs = 200
@@ -35,13 +39,25 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.log_every = 10
     c.train.correlation_weight = 0.0
     c.train.loss_last_frames = 0
+    c.train.ema_decay = 0.0  # > 0: EMA of parameters and BN statistics, validated/saved/evaluated (DwiseNeuro 0.999)
+    c.train.cutmix_prob = 0.0  # > 0: CutMix per clip with this probability (DwiseNeuro 0.5)
+    c.train.cutmix_alpha = 1.0  # box area fraction ~ Beta(alpha, alpha)
+    c.train.cutmix_behavior = "mix"  # "mix": behaviour/pupil mixed by the box area like the targets; "keep"
 
     c.schedule = ml_collections.ConfigDict()
+    c.schedule.kind = "plateau"  # or "warmup_cosine" (DwiseNeuro, Dynamic-V1FM); see sensorium_jax/training/schedules
     c.schedule.patience = 5
     c.schedule.factor = 0.3
     c.schedule.tolerance = 1e-6
     c.schedule.min_lr = 1e-4
     c.schedule.lr_decay_steps = 4
+    c.schedule.reset_decays_on_improvement = False  # True: ViV1T's rule; False: neuralpredictors' (whole run)
+    # warmup_cosine: linear warm-up from warmup_start × lr, hold at lr, cosine to final_lr_fraction × lr at the end
+    c.schedule.warmup_epochs = 0.0
+    c.schedule.warmup_steps = 0  # > 0: overrides warmup_epochs
+    c.schedule.warmup_start = 0.0
+    c.schedule.hold_epochs = 0.0
+    c.schedule.final_lr_fraction = 0.01
 
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 8

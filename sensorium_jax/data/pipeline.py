@@ -6,6 +6,11 @@ its train trials in epochs of fresh permutations, and each clip start is drawn f
 ``(seed, m, clip)`` — so the stream is deterministic, independent of the number of workers, and its Grain
 iterator state (a position) checkpoints and resumes exactly.
 
+``mouse_sampling="one"`` (Dynamic-V1FM's ``LongCycler``): round ``i`` holds ``batch_size`` clips of mouse
+``i mod M`` only, laid out ``(1, b, T, ...)``, plus ``mouse (1, b)`` int32 (every entry that mouse's index, so it
+shards like the clips); mouse ``m``'s ``v``-th visit takes its clips ``v·batch_size …``, the same per-mouse stream
+as ``"all"``. Every batch has the same shape, so the train step compiles once for every mouse.
+
 Multi-host: each process loads only its slice ``[p·b, (p+1)·b)`` of every mouse's sub-batch, with
 ``b = batch_size / process_count``; the train step assembles the global batch with
 ``jax.make_array_from_process_local_data``.
@@ -37,10 +42,18 @@ class ClipSpec:
     seed: int = 0
     process_index: int = 0
     process_count: int = 1
+    mouse_sampling: str = "all"  # "all": a sub-batch of every mouse per round; "one": one mouse per round, cycled
+
+    def __post_init__(self):
+        if self.mouse_sampling not in MOUSE_SAMPLING:
+            raise ValueError(f"mouse_sampling must be one of {MOUSE_SAMPLING}, got {self.mouse_sampling!r}")
 
     @property
     def local_batch_size(self) -> int:
         return self.batch_size // self.process_count
+
+
+MOUSE_SAMPLING = ("all", "one")
 
 
 def check_divisibility(batch_size: int, process_count: int, device_count: int) -> None:
@@ -61,8 +74,34 @@ def epoch_item(seed: int, mouse: int, items: np.ndarray, index: int) -> int:
     return int(items[order[position]])
 
 
-class TrainRound:
-    """Maps a round index to the stacked clips of every mouse (numpy only, picklable for Grain workers)."""
+class _Rounds:
+    """Round index → batch: one sub-batch per mouse (``"all"``) or of one cycled mouse (``"one"``).
+
+    Subclasses give ``mouse_batch(mouse, first)``: this process's ``b`` samples of one mouse, starting at the
+    mouse's ``first``-th sample, as ``(b, ...)`` arrays.
+    """
+
+    sessions: list
+    spec: ClipSpec
+
+    def mouse_batch(self, mouse: int, first: int) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def __call__(self, round_index: int) -> dict[str, np.ndarray]:
+        spec, m = self.spec, len(self.sessions)
+        offset = spec.process_index * spec.local_batch_size
+        if spec.mouse_sampling == "one":
+            visit, mouse = divmod(int(round_index), m)
+            batch = {k: v[None] for k, v in self.mouse_batch(mouse, visit * spec.batch_size + offset).items()}
+            batch["mouse"] = np.full((1, spec.local_batch_size), mouse, np.int32)
+            return batch
+        first = int(round_index) * spec.batch_size + offset
+        parts = [self.mouse_batch(mouse, first) for mouse in range(m)]
+        return {k: np.stack([p[k] for p in parts]) for k in parts[0]}
+
+
+class TrainRound(_Rounds):
+    """Maps a round index to clips of every mouse, or of one (numpy only, picklable for Grain workers)."""
 
     def __init__(self, sessions: Sequence[Session], spec: ClipSpec):
         self.sessions = list(sessions)
@@ -86,28 +125,26 @@ class TrainRound:
         )
         return trial, start
 
-    def __call__(self, round_index: int) -> dict[str, np.ndarray]:
+    def mouse_batch(self, mouse: int, first: int) -> dict[str, np.ndarray]:
         spec = self.spec
         b, frames = spec.local_batch_size, spec.clip_frames
-        m = len(self.sessions)
         batch = {
-            "videos": np.zeros((m, b, frames, layout.VIDEO_HEIGHT, layout.VIDEO_WIDTH), np.float32),
-            "responses": np.zeros((m, b, frames, spec.max_neurons), np.float32),
-            "behavior": np.zeros((m, b, frames, layout.BEHAVIOR_CHANNELS), np.float32),
-            "pupil_center": np.zeros((m, b, frames, layout.PUPIL_CENTER_CHANNELS), np.float32),
+            "videos": np.zeros((b, frames, layout.VIDEO_HEIGHT, layout.VIDEO_WIDTH), np.float32),
+            "responses": np.zeros((b, frames, spec.max_neurons), np.float32),
+            "behavior": np.zeros((b, frames, layout.BEHAVIOR_CHANNELS), np.float32),
+            "pupil_center": np.zeros((b, frames, layout.PUPIL_CENTER_CHANNELS), np.float32),
         }
-        first = int(round_index) * spec.batch_size + spec.process_index * b
-        for mouse, session in enumerate(self.sessions):
-            for slot in range(b):
-                trial, start = self.clip(mouse, first + slot)
-                data = session.load(trial, start, start + frames)
-                for key, value in data.items():
-                    batch[key][mouse, slot, :, ..., : value.shape[-1]] = value
+        session = self.sessions[mouse]
+        for slot in range(b):
+            trial, start = self.clip(mouse, first + slot)
+            data = session.load(trial, start, start + frames)
+            for key, value in data.items():
+                batch[key][slot, :, ..., : value.shape[-1]] = value
         return batch
 
 
-class StaticTrainRound:
-    """Maps a round index to ``b`` train images of every mouse, laid out as one-frame clips (numpy only)."""
+class StaticTrainRound(_Rounds):
+    """Maps a round index to ``b`` train images of every mouse (or of one), as one-frame clips (numpy only)."""
 
     def __init__(self, sessions: Sequence[StaticSession], spec: ClipSpec):
         self.sessions = list(sessions)
@@ -127,22 +164,19 @@ class StaticTrainRound:
         """The trial of the ``index``-th training image of a mouse."""
         return epoch_item(self.spec.seed, mouse, self.train_trials[mouse], index)
 
-    def __call__(self, round_index: int) -> dict[str, np.ndarray]:
-        spec = self.spec
-        b, m = spec.local_batch_size, len(self.sessions)
+    def mouse_batch(self, mouse: int, first: int) -> dict[str, np.ndarray]:
+        b, session = self.spec.local_batch_size, self.sessions[mouse]
         batch = {
-            "videos": np.zeros((m, b, 1, *self.image_shape), np.float32),
-            "responses": np.zeros((m, b, 1, spec.max_neurons), np.float32),
-            "behavior": np.zeros((m, b, 1, STATIC_BEHAVIOR_CHANNELS), np.float32),
-            "pupil_center": np.zeros((m, b, 1, STATIC_PUPIL_CENTER_CHANNELS), np.float32),
+            "videos": np.zeros((b, 1, *self.image_shape), np.float32),
+            "responses": np.zeros((b, 1, self.spec.max_neurons), np.float32),
+            "behavior": np.zeros((b, 1, STATIC_BEHAVIOR_CHANNELS), np.float32),
+            "pupil_center": np.zeros((b, 1, STATIC_PUPIL_CENTER_CHANNELS), np.float32),
         }
-        first = int(round_index) * spec.batch_size + spec.process_index * b
-        for mouse, session in enumerate(self.sessions):
-            data = session.load_many([self.image(mouse, first + slot) for slot in range(b)])
-            batch["videos"][mouse, :, 0] = data["images"]
-            batch["responses"][mouse, :, 0, : session.num_neurons] = data["responses"]
-            batch["behavior"][mouse, :, 0] = data["behavior"]
-            batch["pupil_center"][mouse, :, 0] = data["pupil_center"]
+        data = session.load_many([self.image(mouse, first + slot) for slot in range(b)])
+        batch["videos"][:, 0] = data["images"]
+        batch["responses"][:, 0, : session.num_neurons] = data["responses"]
+        batch["behavior"][:, 0] = data["behavior"]
+        batch["pupil_center"][:, 0] = data["pupil_center"]
         return batch
 
 

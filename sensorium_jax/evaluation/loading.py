@@ -272,7 +272,8 @@ class TrainedModel:
 
     def readout_positions(self, mouse_name: str) -> np.ndarray:
         """Mean readout positions (N, 2) in the core's [−1, 1] feature-map grid (x = width, y = height)."""
-        model = nnx.merge(self.graphdef, self.state.params, self.state.batch_stats, self.state.constants)
+        params, batch_stats = steps.inference_weights(self.state)  # the EMA weights when the run kept them
+        model = nnx.merge(self.graphdef, params, batch_stats, self.state.constants)
         mouse = self.mouse_index(mouse_name)
         return np.asarray(model.readouts.mean_positions())[mouse, : self.mice[mouse].num_neurons]
 
@@ -295,7 +296,9 @@ def load_model(workdir: str | Path, checkpoint: str = "best") -> TrainedModel:
     directory, step = find_checkpoint(workdir, checkpoint)
     model = build_model(config.model, _placeholder_mice(mice), task=config.get("task", "video"), seed=config.seed)
     tx = steps.make_optimizer(config.optim, nnx.state(model, nnx.Param))
-    graphdef, target = steps.create_train_state(model, tx, config.seed)
+    # Runs with train.ema_decay > 0 saved an EmaTrainState; its EMA weights are what predict() uses.
+    ema = (config.get("train") or {}).get("ema_decay", 0.0) > 0
+    graphdef, target = steps.create_train_state(model, tx, config.seed, ema=ema)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
     manager = ocp.CheckpointManager(
         directory.absolute(),

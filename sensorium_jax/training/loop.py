@@ -5,7 +5,13 @@ tier is scored on full-length trials (single-trial correlation, all neurons pool
 decides: improved → save as best; ``patience`` evaluations without improvement → restore the best state and
 multiply the learning rate by ``factor`` (not below ``min_lr``); the ``lr_decay_steps``-th time → stop. This joins
 neuralpredictors' ``early_stopping`` (restore best, ``lr_decay_steps``) and ``ReduceLROnPlateau``, which the
-reference runs side by side with the same patience.
+reference runs side by side with the same patience (:class:`~sensorium_jax.training.schedules.PlateauSchedule`).
+
+Training-recipe switches of the SENSORIUM 2023 winners, all off by default (``experiments/configs/common.py``):
+``schedule.kind = "warmup_cosine"`` (per-step lr inside the jitted step; the plateau rule then only tracks the
+best epoch), ``train.ema_decay`` (EMA weights are validated, saved as best and scored), ``train.cutmix_prob``,
+``optim.accumulate_steps`` and ``data.mouse_sampling = "one"`` (one mouse per step, cycled; an epoch then has
+M × as many steps by default).
 
 ``config.task`` selects the benchmark: ``"video"`` (SENSORIUM 2023, the default) or ``"static"`` (SENSORIUM 2022:
 :class:`~sensorium_jax.data.static_reader.StaticSession` data, a
@@ -22,6 +28,7 @@ from pathlib import Path
 
 import jax
 import ml_collections
+import optax
 from absl import logging
 from flax import nnx
 
@@ -33,9 +40,11 @@ from sensorium_jax.evaluation import evaluate as evaluation
 from sensorium_jax.evaluation import static_evaluate
 from sensorium_jax.models.model import MiceInfo, count_parameters
 from sensorium_jax.models.registry import build_model
+from sensorium_jax.training import augment, schedules
 from sensorium_jax.training import step as steps
 from sensorium_jax.training.checkpoint import Checkpoints
 from sensorium_jax.training.logger import MetricWriter
+from sensorium_jax.training.schedules import PlateauSchedule
 
 
 def load_sessions(config: ml_collections.ConfigDict) -> tuple[list[Session], Path | None]:
@@ -86,34 +95,59 @@ def load_static_sessions(config: ml_collections.ConfigDict) -> tuple[list[Static
     return open_static_sessions(paths, validate=config.validate, scale=config.get("image_scale", 0.25)), root
 
 
-class PlateauSchedule:
-    """Reduce-on-plateau with restore-best and a stop rule; its state is a JSON-able dict (checkpointed)."""
+def one_more_mouse(mice: MiceInfo) -> MiceInfo:
+    """``mice`` plus a copy of the last mouse: building the model for it shows which leaves are per-mouse."""
+    return MiceInfo(
+        names=(*mice.names, f"{mice.names[-1]}+1"),
+        coordinates=(*mice.coordinates, mice.coordinates[-1]),
+        mean_responses=(*mice.mean_responses, mice.mean_responses[-1]),
+    )
 
-    def __init__(self, config: ml_collections.ConfigDict, base_lr: float):
-        self.patience = config.patience
-        self.factor = config.factor
-        self.tolerance = config.tolerance
-        self.decay_steps = config.lr_decay_steps
-        self.min_scale = config.min_lr / base_lr
 
-    @staticmethod
-    def initial() -> dict:
-        return {"best": -math.inf, "best_epoch": -1, "bad_evaluations": 0, "decays": 0, "stopped": False}
+def mouse_sampling(config: ml_collections.ConfigDict) -> str:
+    """``config.data.mouse_sampling`` (configs without the field: every mouse in every step)."""
+    return config.data.get("mouse_sampling", "all")
 
-    def update(self, loop: dict, objective: float, epoch: int, lr_scale: float) -> tuple[str, float]:
-        """Returns the action ('improved', 'wait', 'decay', 'stop') and the new lr scale."""
-        if objective > loop["best"] + self.tolerance:
-            loop.update(best=objective, best_epoch=epoch, bad_evaluations=0)
-            return "improved", lr_scale
-        loop["bad_evaluations"] += 1
-        if loop["bad_evaluations"] < self.patience:
-            return "wait", lr_scale
-        loop["bad_evaluations"] = 0
-        loop["decays"] += 1
-        if loop["decays"] >= self.decay_steps:
-            loop["stopped"] = True
-            return "stop", lr_scale
-        return "decay", max(lr_scale * self.factor, self.min_scale)
+
+def build_train_step(
+    config: ml_collections.ConfigDict,
+    graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformation,
+    loss_scale: list[float],
+    steps_per_epoch: int,
+    mouse_leaves: steps.MouseLeaves | None,
+):
+    """The (not yet jitted) train step of ``config``: loss options and the training-recipe switches."""
+    train, optim = config.train, config.optim
+    cutmix = None
+    if train.get("cutmix_prob", 0.0) > 0:
+        cutmix = augment.CutMix(train.cutmix_prob, train.get("cutmix_alpha", 1.0), train.get("cutmix_behavior", "mix"))
+    return steps.make_train_step(
+        graphdef,
+        tx,
+        loss_scale,
+        train.correlation_weight,
+        train.loss_last_frames,
+        accumulate_steps=optim.get("accumulate_steps", 1) or 1,
+        lr_schedule=schedules.make_lr_schedule(config.schedule, steps_per_epoch, train.max_epochs),
+        ema_decay=train.get("ema_decay", 0.0),
+        cutmix=cutmix,
+        mouse_leaves=mouse_leaves,
+    )
+
+
+def check_accumulation(batch_size: int, accumulate_steps: int, device_count: int) -> None:
+    """Micro-batches must split every mouse's sub-batch evenly; sharded evenly they need no data movement."""
+    if accumulate_steps < 1 or batch_size % accumulate_steps:
+        raise ValueError(
+            f"batch size {batch_size} is not divisible into optim.accumulate_steps={accumulate_steps} micro-batches"
+        )
+    if (batch_size // accumulate_steps) % device_count:
+        logging.warning(
+            "micro-batches of %d clips do not split evenly over %d devices; XLA will move data between them",
+            batch_size // accumulate_steps,
+            device_count,
+        )
 
 
 def _json_ready(tree):
@@ -147,13 +181,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     if not static and config.data.clip_frames <= model.burn_in:
         raise ValueError(f"clip_frames {config.data.clip_frames} must exceed the core's burn-in {model.burn_in}")
 
+    sampling = mouse_sampling(config)
+    mouse_leaves = None
+    if sampling == "one":
+        bigger = nnx.eval_shape(
+            lambda: build_model(config.model, one_more_mouse(mice), task=config.get("task", "video"), seed=config.seed)
+        )
+        mouse_leaves = steps.per_mouse_leaves(model, bigger, len(sessions))
+        logging.info("one mouse per step: %d per-mouse state leaves", len(mouse_leaves))
+    accumulate_steps = config.optim.get("accumulate_steps", 1) or 1
+    check_accumulation(batch_size, accumulate_steps, mesh.size)
+
     tx = steps.make_optimizer(config.optim, nnx.state(model, nnx.Param))
-    graphdef, state = steps.create_train_state(model, tx, config.seed)
+    use_ema = config.train.get("ema_decay", 0.0) > 0
+    graphdef, state = steps.create_train_state(model, tx, config.seed, ema=use_ema)
     replicated = parallel.replicated(mesh)
     state = jax.device_put(state, replicated)
 
     train_counts = [s.trials(layout.Tier.TRAIN.value).size for s in sessions]
-    steps_per_epoch = config.train.steps_per_epoch or math.ceil(max(train_counts) / batch_size)
+    # One pass over the largest mouse's train trials — per mouse: with one mouse per step an epoch has M × as many.
+    rounds_per_pass = math.ceil(max(train_counts) / batch_size) * (len(sessions) if sampling == "one" else 1)
+    steps_per_epoch = config.train.steps_per_epoch or rounds_per_pass
     spec = pipeline.ClipSpec(
         batch_size=batch_size,
         clip_frames=1 if static else config.data.clip_frames,  # a static sample is one frame
@@ -161,6 +209,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         seed=config.seed,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
+        mouse_sampling=sampling,
     )
     iterator = pipeline.train_iterator(
         sessions,
@@ -171,7 +220,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     )
 
     checkpoints = Checkpoints(workdir)
-    schedule = PlateauSchedule(config.schedule, config.optim.lr)
+    lr_schedule = schedules.make_lr_schedule(config.schedule, steps_per_epoch, config.train.max_epochs)
+    # With the warm-up + cosine schedule the plateau rule only tracks the best evaluation (no decay, no stop).
+    schedule = PlateauSchedule(config.schedule, config.optim.lr, decay=lr_schedule is None)
     loop = {"epoch": 0, **PlateauSchedule.initial()}
     if checkpoints.latest_step() is not None:
         state, loop = checkpoints.restore_latest(state, iterator)
@@ -181,13 +232,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     loss_scale = [math.sqrt(s.num_trials / batch_size) for s in sessions]
     batch_sharding = parallel.mouse_batch_sharding(mesh)
     train_step = steps.jit_train_step(
-        steps.make_train_step(graphdef, tx, loss_scale, config.train.correlation_weight, config.train.loss_last_frames),
+        build_train_step(config, graphdef, tx, loss_scale, steps_per_epoch, mouse_leaves),
         replicated,
         batch_sharding,
         replicated,
     )
-    predict = steps.make_predict(graphdef)
-    clips_per_step = batch_size * len(sessions)
+    predict = steps.make_predict(graphdef)  # predicts with the EMA weights when the state keeps them
+    clips_per_step = batch_size * (1 if sampling == "one" else len(sessions))
     writer = MetricWriter(workdir, enabled=is_main)
     if static:
         eval_kwargs = dict(batch_size=config.eval.batch_size, max_neurons=mice.max_neurons)
@@ -210,6 +261,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
             elapsed = time.perf_counter() - timer["t"]
             lr = config.optim.lr * float(state.lr_scale)
+            if lr_schedule is not None:  # the factor of the update this step applied
+                lr *= float(lr_schedule(state.step - 1))
             record = {**metrics, "lr": lr}
             if not timer["compiled"]:
                 logging.info("step %d: first step (compilation included) took %.1f s", step, elapsed)
