@@ -104,3 +104,25 @@ def test_free_positions_without_grid_predictor():
     readouts.bias[...] = jnp.zeros_like(readouts.bias[...])
     out = np.asarray(readouts(features, None, None))[0, 0]
     np.testing.assert_allclose(out, [4.0, 8.0, 6.0, 5.0], atol=1e-5)  # centre, corners; x = 2 is clipped to 1
+
+
+def test_gain_modulator_starts_at_one_and_matches_a_hand_computed_mlp():
+    from sensorium_jax.models.readouts.modulator import GainModulators
+
+    modulators = GainModulators(2, 3, in_features=2, hidden=4, rngs=nnx.Rngs(0))
+    states = jax.random.normal(jax.random.key(1), (2, 5, 2))
+    np.testing.assert_allclose(np.asarray(modulators(states)), 1.0)  # zero last layer: the plain readout at init
+
+    w2 = np.asarray(jax.random.normal(jax.random.key(2), (2, 4, 3)))
+    b2 = np.asarray(jax.random.normal(jax.random.key(3), (2, 3)))
+    modulators.w2[...] = jnp.asarray(w2)
+    modulators.b2[...] = jnp.asarray(b2)
+    w1, b1, x = np.asarray(modulators.w1[...]), np.asarray(modulators.b1[...]), np.asarray(states)
+    for mouse in range(2):
+        pre = x[mouse] @ w1[mouse] + b1[mouse]
+        hidden = np.where(pre > 0, pre, np.expm1(pre))
+        expected = np.exp(hidden @ w2[mouse] + b2[mouse])
+        np.testing.assert_allclose(np.asarray(modulators(states))[mouse], expected, rtol=1e-5)
+        np.testing.assert_allclose(
+            np.asarray(modulators.one_mouse(jnp.asarray(mouse), states[mouse])), expected, rtol=1e-5
+        )

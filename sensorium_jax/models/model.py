@@ -6,6 +6,7 @@ from :data:`sensorium_jax.models.cores.CORES`, so adding a core is one file and 
 Optional pieces, off unless the config asks for them (the factorised baseline uses none):
 
 * ``config.behavior_encoder.enabled``: ViV1T's per-mouse behaviour state encoder, added to the sampled features.
+* ``config.modulator.enabled``: a per-mouse behavioural gain (``readouts/modulator.py``) multiplying the rates.
 * Cores whose ``__call__`` takes ``key`` (dropout: ViV1T) get their own stream derived from the step's key; cores
   that take ``lengths`` (bidirectional temporal attention) are told how many frames of each trial are valid.
 """
@@ -26,6 +27,7 @@ from sensorium_jax.models.cores import CORES
 from sensorium_jax.models.layers import elu_plus_one
 from sensorium_jax.models.readouts import GaussianReadouts
 from sensorium_jax.models.readouts.behavior_encoder import BehaviorEncoders
+from sensorium_jax.models.readouts.modulator import GainModulators
 from sensorium_jax.models.shifter import MLPShifters
 
 OUTPUT_NONLINEARITIES = {"elu1": elu_plus_one, "exp": jnp.exp, "softplus": jax.nn.softplus}
@@ -83,6 +85,12 @@ class VideoModel(nnx.Module):
             if encoder.pop("enabled", False)
             else None
         )
+        modulator = dict(config.get("modulator") or {})
+        self.modulators = (
+            GainModulators(len(mice.names), mice.max_neurons, **modulator, rngs=rngs)
+            if modulator.pop("enabled", False)
+            else None
+        )
         if config.output not in OUTPUT_NONLINEARITIES:
             raise ValueError(f"unknown output nonlinearity {config.output!r}; one of {sorted(OUTPUT_NONLINEARITIES)}")
         self.output = config.output
@@ -131,6 +139,8 @@ class VideoModel(nnx.Module):
             # Added to the sampled features = added after the (linear) feature weights: Σ_c e_c · w_cn.
             out = out + jnp.einsum("msc,mcn->msn", encoded, self.readouts.features[...])
         rates = OUTPUT_NONLINEARITIES[self.output](out)
+        if self.modulators is not None:
+            rates = rates * self.modulators(behavior[:, :, t - t_out :].reshape(m, b * t_out, -1))
         return rates.reshape(m, b, t_out, -1)
 
     def predict_mouse(
@@ -159,6 +169,8 @@ class VideoModel(nnx.Module):
             encoded = self.behavior_encoder.one_mouse(mouse, states)
             out = out + encoded @ self.readouts.features[...][mouse]
         rates = OUTPUT_NONLINEARITIES[self.output](out)
+        if self.modulators is not None:
+            rates = rates * self.modulators.one_mouse(mouse, behavior[:, t - t_out :].reshape(e * t_out, -1))
         return rates.reshape(e, t_out, -1)
 
     def regularizer(self) -> jax.Array:
@@ -166,22 +178,27 @@ class VideoModel(nnx.Module):
         return self.core.regularizer() + self.readouts.regularizer()
 
 
-# Readout parameters with a (padded) neuron axis, and which axis it is (layout of GaussianReadouts).
-_NEURON_AXIS = {"mu": 1, "sigma": 1, "features": 2, "bias": 1}
+# Parameters with a (padded) neuron axis, by module, and which axis it is (layouts of GaussianReadouts, GainModulators).
+_NEURON_AXIS = {
+    "readouts": {"mu": 1, "sigma": 1, "features": 2, "bias": 1},
+    "modulators": {"w2": 2, "b2": 1},
+}
 
 
 def count_parameters(model: nnx.Module, include_padding: bool = False) -> int:
-    """Trainable parameters. By default the padded neuron slots of the stacked readouts (every mouse holds
-    ``N_max``) are left out, so the figure is what per-mouse readouts of the true sizes have, as in the reference."""
+    """Trainable parameters. By default the padded neuron slots of the stacked per-mouse modules (every mouse
+    holds ``N_max``) are left out, so the figure is what per-mouse readouts of the true sizes have, as in the
+    reference."""
     total = int(sum(np.prod(x.shape) for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
     num_neurons = getattr(getattr(model, "readouts", None), "num_neurons", None)
     if include_padding or not num_neurons:
         return total
-    readouts = model.readouts
     slots = len(num_neurons) * max(num_neurons)
-    for name, axis in _NEURON_AXIS.items():
-        param = getattr(readouts, name, None)
-        if isinstance(param, nnx.Param) and param.shape[axis] == max(num_neurons):
-            per_slot = int(np.prod(param.shape)) // slots
-            total -= per_slot * (slots - sum(num_neurons))
+    for module_name, axes in _NEURON_AXIS.items():
+        module = getattr(model, module_name, None)
+        for name, axis in axes.items():
+            param = getattr(module, name, None)
+            if isinstance(param, nnx.Param) and param.shape[axis] == max(num_neurons):
+                per_slot = int(np.prod(param.shape)) // slots
+                total -= per_slot * (slots - sum(num_neurons))
     return total
