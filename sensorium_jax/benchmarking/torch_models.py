@@ -1,0 +1,371 @@
+"""Plain PyTorch transcriptions of the compared models, written the way the reference code writes them, so the
+JAX/PyTorch ratio compares our JAX against a straightforward PyTorch implementation of the same architecture:
+
+* :class:`TorchFactorized3dCore`: neuralpredictors' ``Factorized3dCore`` (Conv3d (1,k,k) → Conv3d (t,1,1) →
+  BatchNorm3d → ELU per layer, behaviour broadcast as image channels, Laplace regularisers on the first layer).
+* :class:`TorchViV1TCore`: ViV1T's core (``winning_models.md`` §3): ``unfold`` tubelets → LayerNorm → Linear →
+  LayerNorm → dropout, learned positions, parallel blocks with ``F.scaled_dot_product_attention``, bf16 autocast
+  when the config computes in bf16, block checkpointing when the config rematerialises.
+* :class:`TorchGaussianReadout` (``FullGaussian2d``, full covariance, grid from the cortex MLP or free), the MLP
+  shifter and ViV1T's behaviour encoder, used when neuralpredictors is not installed (with it, its own
+  ``FullGaussian2d`` reads out).
+* :class:`TorchMultiMouseModel`: the shared core over every mouse's clips at once, then one readout per mouse.
+
+Only imported when torch is (``sensorium_jax.benchmarking.torch_peers`` checks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+_LAPLACE_2D = torch.tensor([[0.0, -1.0, 0.0], [-1.0, 4.0, -1.0], [0.0, -1.0, 0.0]])
+_LAPLACE_1D = torch.tensor([-1.0, 4.0, -1.0])
+
+
+class TorchFactorized3dCore(nn.Module):
+    """Input ``(B, C, T, H, W)`` with behaviour as constant channels → ``(B, C_out, T − burn_in, H', W')``."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        hidden_channels: Sequence[int],
+        spatial_kernels: Sequence[int],
+        temporal_kernels: Sequence[int],
+        spatial_strides: Sequence[int] | None = None,
+        bn_momentum: float = 0.7,
+        gamma_input_spatial: float = 10.0,
+        gamma_input_temporal: float = 0.01,
+        **unused,
+    ):
+        super().__init__()
+        strides = spatial_strides or [1] * len(hidden_channels)
+        layers = []
+        c_in = in_channels
+        for c, k, t, s in zip(hidden_channels, spatial_kernels, temporal_kernels, strides):
+            spatial = nn.Conv3d(c_in, c, (1, k, k), stride=(1, s, s))
+            temporal = nn.Conv3d(c, c, (t, 1, 1))
+            for conv in (spatial, temporal):
+                nn.init.xavier_normal_(conv.weight)
+                nn.init.zeros_(conv.bias)
+            layers.append(nn.Sequential(spatial, temporal, nn.BatchNorm3d(c, momentum=bn_momentum), nn.ELU()))
+            c_in = c
+        self.layers = nn.Sequential(*layers)
+        self.gamma_input_spatial = gamma_input_spatial
+        self.gamma_input_temporal = gamma_input_temporal
+        self.out_channels = int(hidden_channels[-1])
+        self.burn_in = int(sum(t - 1 for t in temporal_kernels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+    def regularizer(self) -> torch.Tensor:
+        spatial = self.layers[0][0].weight  # (C_out, C_in, 1, k, k)
+        filters = spatial.reshape(-1, 1, *spatial.shape[-2:])
+        smooth = F.conv2d(filters, _LAPLACE_2D.to(filters)[None, None], padding=1)
+        temporal = self.layers[0][1].weight  # (C_out, C_out, t, 1, 1)
+        series = temporal.reshape(-1, 1, temporal.shape[2])
+        smooth_t = F.conv1d(series, _LAPLACE_1D.to(series)[None, None], padding=1)
+        return self.gamma_input_spatial * smooth.pow(2).sum() / filters.pow(2).sum() + (
+            self.gamma_input_temporal * smooth_t.pow(2).sum() / series.pow(2).sum()
+        )
+
+
+class TorchParallelBlock(nn.Module):
+    """ViV1T's parallel block: one LayerNorm, one fused bias-free projection into q, k, v and the FF input."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        head_dim: int,
+        ff_dim: int,
+        attention_dropout: float,
+        ff_dropout: float,
+        drop_path: float,
+    ):
+        super().__init__()
+        self.num_heads, self.head_dim, self.ff_dim = num_heads, head_dim, ff_dim
+        inner = num_heads * head_dim
+        self.norm = nn.LayerNorm(dim)
+        self.fused = nn.Linear(dim, 3 * inner + ff_dim, bias=False)
+        self.attn_out = nn.Linear(inner, dim, bias=False)
+        self.ff_out = nn.Linear(ff_dim, dim, bias=False)
+        for linear in (self.fused, self.attn_out, self.ff_out):
+            nn.init.trunc_normal_(linear.weight, std=0.02)
+        self.attn_drop = nn.Dropout(attention_dropout)
+        self.ff_drop = nn.Dropout(ff_dropout)
+        self.drop_path = drop_path
+
+    def _drop_path(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.drop_path == 0.0:
+            return x
+        keep = torch.rand(x.shape[0], 1, 1, device=x.device) >= self.drop_path
+        return x * keep.to(x.dtype) / (1.0 - self.drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, length, _ = x.shape
+        inner = self.num_heads * self.head_dim
+        q, k, v, ff = self.fused(self.norm(x)).split([inner, inner, inner, self.ff_dim], dim=-1)
+        heads = lambda a: a.reshape(n, length, self.num_heads, self.head_dim).transpose(1, 2)
+        attn = F.scaled_dot_product_attention(heads(q), heads(k), heads(v))
+        attn = self.attn_out(self.attn_drop(attn.transpose(1, 2).reshape(n, length, inner)))
+        ff = self.ff_out(self.ff_drop(F.gelu(ff)))
+        return x + self._drop_path(attn) + self._drop_path(ff)
+
+
+class TorchViV1TCore(nn.Module):
+    """Input ``(B, C, T, H, W)`` (behaviour and pupil centre as constant channels) → ``(B, D, T − pt + 1, H', W')``."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        image_size: Sequence[int] = (36, 64),
+        max_frames: int = 300,
+        embed_dim: int = 112,
+        spatial_patch: int = 7,
+        spatial_stride: int = 2,
+        temporal_patch: int = 25,
+        spatial_depth: int = 3,
+        temporal_depth: int = 5,
+        num_heads: int = 11,
+        head_dim: int = 48,
+        ff_dim: int = 136,
+        patch_dropout: float = 0.1338,
+        attention_dropout: float = 0.358,
+        ff_dropout: float = 0.0592,
+        drop_path: float = 0.0505,
+        compute_dtype: str = "float32",
+        remat: bool = False,
+        **unused,
+    ):
+        super().__init__()
+        h, w = image_size
+        self.grid = ((h - spatial_patch) // spatial_stride + 1, (w - spatial_patch) // spatial_stride + 1)
+        self.spatial_patch, self.spatial_stride, self.temporal_patch = spatial_patch, spatial_stride, temporal_patch
+        patch_dim = in_channels * temporal_patch * spatial_patch**2
+        self.patch_norm = nn.LayerNorm(patch_dim)
+        self.proj = nn.Linear(patch_dim, embed_dim)
+        self.norm = nn.LayerNorm(embed_dim)
+        self.dropout = nn.Dropout(patch_dropout)
+        self.spatial_pos = nn.Parameter(torch.randn(self.grid[0] * self.grid[1], embed_dim))
+        self.temporal_pos = nn.Parameter(torch.randn(max_frames - temporal_patch + 1, embed_dim))
+        block = lambda: TorchParallelBlock(
+            embed_dim, num_heads, head_dim, ff_dim, attention_dropout, ff_dropout, drop_path
+        )
+        self.spatial_blocks = nn.ModuleList([block() for _ in range(spatial_depth)])
+        self.temporal_blocks = nn.ModuleList([block() for _ in range(temporal_depth)])
+        self.bf16 = compute_dtype == "bfloat16"
+        self.remat = remat
+        self.out_channels = int(embed_dim)
+        self.burn_in = int(temporal_patch - 1)
+
+    def _run(self, block: nn.Module, h: torch.Tensor) -> torch.Tensor:
+        if self.remat and self.training:
+            return checkpoint(block, h, use_reentrant=False)
+        return block(h)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        pt, ps, s = self.temporal_patch, self.spatial_patch, self.spatial_stride
+        patches = x.unfold(2, pt, 1).unfold(3, ps, s).unfold(4, ps, s)  # (B, C, T', H', W', pt, ps, ps)
+        t_out = patches.shape[2]
+        patches = patches.permute(0, 2, 3, 4, 1, 5, 6, 7).reshape(b, t_out, self.grid[0] * self.grid[1], -1)
+        autocast = torch.autocast(x.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+        with autocast:
+            tokens = self.dropout(self.norm(self.proj(self.patch_norm(patches))))
+            tokens = tokens + self.spatial_pos[None, None] + self.temporal_pos[:t_out][None, :, None]
+            p, d = tokens.shape[2], tokens.shape[3]
+            h = tokens.reshape(b * t_out, p, d)
+            for block in self.spatial_blocks:
+                h = self._run(block, h)
+            h = h.reshape(b, t_out, p, d).transpose(1, 2).reshape(b * p, t_out, d)
+            for block in self.temporal_blocks:
+                h = self._run(block, h)
+        h = h.float().reshape(b, *self.grid, t_out, d)
+        return h.permute(0, 4, 3, 1, 2)
+
+    def regularizer(self) -> torch.Tensor:
+        return torch.zeros(())
+
+
+def normalised_positions(coordinates: np.ndarray) -> np.ndarray:
+    xy = np.asarray(coordinates, np.float64)[:, :2]
+    xy = xy - xy.mean(axis=0, keepdims=True)
+    return (xy / max(np.abs(xy).max(), 1e-12)).astype(np.float32)
+
+
+class TorchGaussianReadout(nn.Module):
+    """``FullGaussian2d`` (full covariance): one bilinear sample per neuron and sample, features · weights + bias."""
+
+    def __init__(
+        self,
+        coordinates: np.ndarray,
+        in_channels: int,
+        mean_response: np.ndarray,
+        init_sigma: float = 1.0,
+        grid_hidden: int = 30,
+        gamma_readout: float = 0.0,
+        grid_mean_predictor: bool = True,
+        init_mu_range: float = 0.3,
+    ):
+        super().__init__()
+        n = len(coordinates)
+        if grid_mean_predictor:
+            self.register_buffer("positions", torch.from_numpy(normalised_positions(coordinates)))
+            self.grid_mlp = nn.Sequential(nn.Linear(2, grid_hidden), nn.ELU(), nn.Linear(grid_hidden, 2), nn.Tanh())
+        else:
+            self.grid_mlp = None
+            self.mu = nn.Parameter(torch.empty(n, 2).uniform_(-init_mu_range, init_mu_range))
+        self.sigma = nn.Parameter(torch.empty(n, 2, 2).uniform_(-init_sigma, init_sigma))
+        self.features = nn.Parameter(torch.full((in_channels, n), 1.0 / in_channels))
+        self.bias = nn.Parameter(torch.as_tensor(np.asarray(mean_response, np.float32)).clone())
+        self.gamma_readout = gamma_readout
+
+    def forward(self, x: torch.Tensor, shift: torch.Tensor | None = None) -> torch.Tensor:
+        """``x (S, C, H, W)``, ``shift (S, 2)`` → ``(S, N)``; samples positions in training."""
+        mu = self.grid_mlp(self.positions) if self.grid_mlp is not None else self.mu.clamp(-1.0, 1.0)
+        samples = x.shape[0]
+        if self.training:
+            z = torch.randn(samples, *mu.shape, device=x.device)
+            grid = (mu + torch.einsum("ncd,snd->snc", self.sigma, z)).clamp(-1.0, 1.0)
+        else:
+            grid = mu.expand(samples, *mu.shape)
+        if shift is not None:
+            grid = grid + shift[:, None, :]
+        sampled = F.grid_sample(x, grid[:, :, None, :], align_corners=True)[..., 0]  # (S, C, N)
+        return torch.einsum("scn,cn->sn", sampled, self.features) + self.bias
+
+    def feature_weights(self) -> torch.Tensor:
+        return self.features
+
+    def regularizer(self) -> torch.Tensor:
+        return self.gamma_readout * self.features.abs().sum()
+
+
+def mlp_shifter(hidden: Sequence[int] = (5, 5)) -> nn.Module:
+    sizes = [2, *hidden, 2]
+    layers: list[nn.Module] = []
+    for i, o in itertools.pairwise(sizes):
+        layers += [nn.Linear(i, o), nn.Tanh()]
+    return nn.Sequential(*layers)
+
+
+def behavior_encoder(channels: int, in_features: int = 4, dropout: float = 0.0) -> nn.Module:
+    return nn.Sequential(
+        nn.Linear(in_features, channels),
+        nn.LayerNorm(channels),
+        nn.GELU(),
+        nn.Dropout(dropout),
+        nn.Linear(channels, channels),
+        nn.Tanh(),
+    )
+
+
+OUTPUTS = {"elu1": lambda x: F.elu(x) + 1.0, "exp": torch.exp, "softplus": F.softplus}
+
+
+class TorchMultiMouseModel(nn.Module):
+    """Core over all ``M·b`` clips, then per mouse: shifter → readout (+ behaviour encoding) → output nonlinearity.
+
+    ``forward(videos (M, b, T, H, W), behavior (M, b, T, K_b), pupil (M, b, T, 2))`` → list over mice of
+    ``(b, T', N_m)``. A 2-D core (static images, ``T = 1``) gets ``(M·b, C, H, W)`` and is read out per image.
+    """
+
+    def __init__(
+        self,
+        core: nn.Module,
+        readouts: Sequence[nn.Module],
+        shifters: Sequence[nn.Module] | None,
+        encoders: Sequence[nn.Module] | None,
+        behavior_channels: bool,
+        pupil_center_channels: bool,
+        output: str,
+        core_is_2d: bool = False,
+    ):
+        super().__init__()
+        self.core = core
+        self.readouts = nn.ModuleList(readouts)
+        self.shifters = nn.ModuleList(shifters) if shifters else None
+        self.encoders = nn.ModuleList(encoders) if encoders else None
+        self.behavior_channels = behavior_channels
+        self.pupil_center_channels = pupil_center_channels
+        self.output = OUTPUTS[output]
+        self.core_is_2d = core_is_2d
+
+    def forward(self, videos: torch.Tensor, behavior: torch.Tensor, pupil: torch.Tensor) -> list[torch.Tensor]:
+        m, b, t, h, w = videos.shape
+        x = videos.reshape(m * b, 1, t, h, w)
+        constants = [behavior] * self.behavior_channels + [pupil] * self.pupil_center_channels
+        if constants:  # the reference broadcasts behaviour over the image as extra input channels
+            c = torch.cat(constants, -1).reshape(m * b, t, -1).permute(0, 2, 1)
+            x = torch.cat([x, c[:, :, :, None, None].expand(-1, -1, -1, h, w)], dim=1)
+        if self.core_is_2d:
+            features = self.core(x[:, :, 0])[:, :, None]  # (M·b, C, 1, H', W')
+        else:
+            features = self.core(x)  # (M·b, C, T', H', W')
+        t_out = features.shape[2]
+        outputs = []
+        for i, readout in enumerate(self.readouts):
+            f = (
+                features[i * b : (i + 1) * b]
+                .transpose(1, 2)
+                .reshape(b * t_out, *features.shape[1:2], *features.shape[3:])
+            )
+            shift = None
+            if self.shifters is not None:
+                shift = self.shifters[i](pupil[i, :, t - t_out :].reshape(b * t_out, 2))
+            y = readout(f, shift=shift)
+            if self.encoders is not None:
+                states = torch.cat([behavior[i], pupil[i]], -1)[:, t - t_out :].reshape(b * t_out, -1)
+                weights = readout_feature_weights(readout)
+                y = y + self.encoders[i](states) @ weights
+            outputs.append(self.output(y).reshape(b, t_out, -1))
+        return outputs
+
+    def regularizer(self) -> torch.Tensor:
+        """The core's penalty once per mouse batch (as the reference accumulates it) plus every readout's."""
+        total = len(self.readouts) * self.core.regularizer()
+        for readout in self.readouts:
+            total = total + readout.regularizer()
+        return total
+
+
+def readout_feature_weights(readout: nn.Module) -> torch.Tensor:
+    """``(C, N)`` feature weights of our readout or of neuralpredictors' ``FullGaussian2d`` (``(1, C, 1, N)``)."""
+    if isinstance(readout, TorchGaussianReadout):
+        return readout.features
+    features = readout.features
+    return features.reshape(features.shape[1], -1)
+
+
+def poisson_correlation_loss(
+    predictions: Sequence[torch.Tensor],
+    responses: torch.Tensor,
+    loss_scale: Sequence[float],
+    correlation_weight: float = 0.0,
+    last_frames: int = 0,
+) -> torch.Tensor:
+    """The train step's loss: per mouse Σ(ŷ − y log(ŷ + 1e-8)) (+ w · Σ(1 − corr)), times its scale."""
+    total = torch.zeros((), device=responses.device)
+    for i, prediction in enumerate(predictions):
+        n, t_out = prediction.shape[-1], prediction.shape[1]
+        target = responses[i, :, -t_out:, :n]
+        if last_frames:
+            prediction, target = prediction[:, -last_frames:], target[:, -last_frames:]
+        loss = (prediction - target * torch.log(prediction + 1e-8)).sum()
+        if correlation_weight:
+            p = prediction.reshape(-1, n)
+            y = target.reshape(-1, n)
+            p = (p - p.mean(0)) / (p.std(0, unbiased=False) + 1e-8)
+            y = (y - y.mean(0)) / (y.std(0, unbiased=False) + 1e-8)
+            loss = loss + correlation_weight * (1.0 - (p * y).mean(0)).sum()
+        total = total + loss_scale[i] * loss
+    return total
