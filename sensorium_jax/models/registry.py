@@ -10,6 +10,7 @@ from __future__ import annotations
 import ml_collections
 from flax import nnx
 
+from sensorium_jax.models.dwiseneuro import DwiseNeuroModel
 from sensorium_jax.models.model import MiceInfo, VideoModel
 from sensorium_jax.models.static_model import StaticModel
 
@@ -17,6 +18,7 @@ from sensorium_jax.models.static_model import StaticModel
 MODELS: dict[str, type[nnx.Module]] = {
     "gaussian": VideoModel,
     "static": StaticModel,
+    "dwiseneuro": DwiseNeuroModel,
 }
 
 
