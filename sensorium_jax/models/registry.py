@@ -11,6 +11,7 @@ import ml_collections
 from flax import nnx
 
 from sensorium_jax.models.dwiseneuro import DwiseNeuroModel
+from sensorium_jax.models.dynamic_v1fm import DynamicV1FMModel
 from sensorium_jax.models.model import MiceInfo, VideoModel
 from sensorium_jax.models.static_model import StaticModel
 
@@ -19,6 +20,7 @@ MODELS: dict[str, type[nnx.Module]] = {
     "gaussian": VideoModel,
     "static": StaticModel,
     "dwiseneuro": DwiseNeuroModel,
+    "dynamic_v1fm": DynamicV1FMModel,
 }
 
 
