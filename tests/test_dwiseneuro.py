@@ -160,6 +160,28 @@ def test_full_config_shapes_abstractly():
     assert features.shape == (2, 16, 4096)
 
 
+def test_bfloat16_train_step_traces_with_float32_parameters():
+    """The full config computes in bf16: a train step of the tiny model in bf16 traces, parameters, gradients and
+    batch statistics stay float32 (abstractly: no compile)."""
+    config = tiny_config()
+    config.model.core.compute_dtype = "bfloat16"
+    model = nnx.eval_shape(lambda: DwiseNeuroModel(config.model, mice_info(), rngs=nnx.Rngs(0)))
+    tx = steps.make_optimizer(config.optim, nnx.state(model, nnx.Param))
+    graphdef = nnx.graphdef(model)
+    state = jax.eval_shape(lambda s: steps.create_train_state(nnx.merge(graphdef, s), tx, seed=0)[1], nnx.state(model))
+    clips = (2, 1, 8)
+    batch = {
+        "videos": jax.ShapeDtypeStruct((*clips, 36, 64), jnp.float32),
+        "behavior": jax.ShapeDtypeStruct((*clips, 2), jnp.float32),
+        "pupil_center": jax.ShapeDtypeStruct((*clips, 2), jnp.float32),
+        "responses": jax.ShapeDtypeStruct((*clips, 7), jnp.float32),
+    }
+    new_state, metrics = jax.eval_shape(steps.make_train_step(graphdef, tx, (1.0, 1.0)), state, batch)
+    assert metrics["loss"].dtype == jnp.float32
+    for tree in (new_state.params, new_state.batch_stats):
+        assert {leaf.dtype for leaf in jax.tree.leaves(tree)} == {jnp.dtype(jnp.float32)}
+
+
 # ---------------------------------------------------------------- hand-checked pieces
 
 
