@@ -54,6 +54,9 @@ class WindowPlan:
 
 @functools.lru_cache(maxsize=64)
 def window_plan(frames: int, window: int, burn_in: int, anchor: int) -> WindowPlan:
+    """Windows of ``window`` frames for a ``frames``-long input, each predicting its last ``window − burn_in``:
+    aligned so that one window's output starts at ``anchor``, one at frame 0 for the frames before, and frames
+    after the last aligned window left to the tail window (see the module docstring)."""
     if frames < window:
         raise ValueError(f"{frames} frames are shorter than the model's {window}-frame window")
     stride = window - burn_in  # = time tokens per window
@@ -66,7 +69,8 @@ def window_plan(frames: int, window: int, burn_in: int, anchor: int) -> WindowPl
     source_window = np.full(f.shape, -1, np.int64)
     source_token = np.zeros(f.shape, np.int64)
     source_end = np.full(f.shape, frames + 1, np.int64)
-    for index, start in reversed(list(enumerate(starts))):  # earlier windows first where two overlap (front one)
+    # Aligned windows' outputs never overlap; the front window (at 0) only fills the frames before the first one.
+    for index, start in reversed(list(enumerate(starts))):
         covered = (f - burn_in >= start) & (f - burn_in < start + stride) & (source_window < 0)
         source_window[covered], source_token[covered], source_end[covered] = (
             index,

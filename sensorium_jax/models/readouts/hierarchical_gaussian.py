@@ -55,7 +55,8 @@ def level_indices(num_neurons: int, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _sample_grid(params: dict, samples: int, shift: jax.Array | None, key: jax.Array | None) -> jax.Array:
-    """The base level's positions per sample ``(S, N, 2)``: mean or sampled (training), plus the shift."""
+    """The base level's positions per sample ``(S, N, 2)``: mean or sampled (training), plus the shift — as the
+    Gaussian readout's per-mouse read, which does not hand back the grid the extra levels reuse."""
     mu = mean_positions(params)
     if key is None:
         grid = jnp.broadcast_to(mu, (samples, *mu.shape))
