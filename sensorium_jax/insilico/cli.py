@@ -271,6 +271,8 @@ def _validate(setup: Setup, rf=None, tuning_result=None, behaviour_result=None) 
         judged=judged,
     )
     figures.update(info)
+    # strict JSON has no NaN (e.g. the AUC without selective neurons among the judged)
+    figures = {k: None if isinstance(v, float) and not np.isfinite(v) else v for k, v in figures.items()}
     setup.output.mkdir(parents=True, exist_ok=True)
     (setup.output / "validation.json").write_text(json.dumps(figures, indent=1) + "\n")
     if (rf is not None or tuning_result is not None) and judged.any():

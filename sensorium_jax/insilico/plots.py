@@ -20,11 +20,11 @@ from sensorium_jax.insilico.validation import angle_difference
 GALLERY_LIMIT = 24
 
 
-def _save(figure, path: Path) -> Path:
+def _save(figure, path: Path, dpi: int = 100) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    figure.savefig(path, dpi=dpi)
     plt.close(figure)
     return path
 
@@ -52,10 +52,17 @@ def _symmetric(ax, image: np.ndarray, cmap: str = "RdBu_r"):
     return shown
 
 
-def mei_gallery(inputs: np.ndarray, responses: np.ndarray, unit_ids: np.ndarray, path: Path, title: str = "") -> Path:
+def mei_gallery(
+    inputs: np.ndarray,
+    responses: np.ndarray,
+    unit_ids: np.ndarray,
+    path: Path,
+    title: str = "",
+    limit: int = GALLERY_LIMIT,
+) -> Path:
     """Rows of neurons, one column per start (``inputs (N, S, H, W)``; videos ``(N, S, T, H, W)`` show the best
     start's frames instead). Every image on its own symmetric grey scale around the blank screen."""
-    n = min(len(inputs), GALLERY_LIMIT)
+    n = min(len(inputs), limit)
     video = inputs.ndim == 5
     columns = 4 if video else inputs.shape[1]
     figure, axes = plt.subplots(n, columns, figsize=(2.4 * columns, 1.5 * n), squeeze=False)
@@ -78,11 +85,16 @@ def mei_gallery(inputs: np.ndarray, responses: np.ndarray, unit_ids: np.ndarray,
 
 
 def rf_gallery(
-    signed: np.ndarray, energy: np.ndarray, table: dict[str, np.ndarray], unit_ids: np.ndarray, path: Path
+    signed: np.ndarray,
+    energy: np.ndarray,
+    table: dict[str, np.ndarray],
+    unit_ids: np.ndarray,
+    path: Path,
+    limit: int = GALLERY_LIMIT,
 ) -> Path:
     """Per neuron the signed map at its peak lag and the energy map, with the fitted centre (+) and the 2σ circle
     of the fitted size; ``truth`` centres (x) when the table carries ``true_centre_x``."""
-    n = min(len(signed), GALLERY_LIMIT // 2 * 2)
+    n = min(len(signed), limit)
     figure, axes = _grid(2 * n, columns=6, size=(2.6, 1.7))
     angle = np.linspace(0, 2 * np.pi, 60)
     for i in range(n):
@@ -116,9 +128,11 @@ def temporal_profiles(profiles: np.ndarray, frame_rate: float, unit_ids: np.ndar
     return _save(figure, path)
 
 
-def tuning_curves(tuning: dict[str, Any], protocol, unit_ids: np.ndarray, path: Path) -> Path:
+def tuning_curves(
+    tuning: dict[str, Any], protocol, unit_ids: np.ndarray, path: Path, limit: int = GALLERY_LIMIT // 2
+) -> Path:
     """Per neuron: direction curve (with OSI/DSI), and the spatial-period, temporal-frequency and size curves."""
-    n = min(len(tuning["direction_curve"]), GALLERY_LIMIT // 2)
+    n = min(len(tuning["direction_curve"]), limit)
     panels = 4 if "size_curve" in tuning else 3
     figure, axes = plt.subplots(n, panels, figsize=(3.0 * panels, 1.9 * n), squeeze=False)
     blank = tuning["blank"]
@@ -142,9 +156,9 @@ def tuning_curves(tuning: dict[str, Any], protocol, unit_ids: np.ndarray, path: 
     return _save(figure, path)
 
 
-def polar_plots(tuning: dict[str, Any], protocol, unit_ids: np.ndarray, path: Path) -> Path:
+def polar_plots(tuning: dict[str, Any], protocol, unit_ids: np.ndarray, path: Path, limit: int = GALLERY_LIMIT) -> Path:
     """Direction tuning as polar plots (evoked response above the blank), preferred direction marked."""
-    n = min(len(tuning["direction_curve"]), GALLERY_LIMIT)
+    n = min(len(tuning["direction_curve"]), limit)
     figure, axes = _grid(n, columns=6, size=(2.2, 2.4), polar=True)
     theta = np.deg2rad(np.append(protocol.directions_deg, protocol.directions_deg[0]))
     for i in range(n):
