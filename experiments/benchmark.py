@@ -36,6 +36,7 @@ _NEURONS = flags.DEFINE_integer("neurons", 0, "full configs: neurons per mouse (
 _BATCH = flags.DEFINE_integer("batch_size", 0, "full configs: clips per mouse per step (0: the config's)")
 _FRAMES = flags.DEFINE_integer("clip_frames", 0, "full configs: frames per clip (0: the config's)")
 _DEVICES = flags.DEFINE_integer("num_devices", 1, "devices of the data-parallel mesh (0: all)")
+_MODELS = flags.DEFINE_bool("models", True, "measure the configs' train steps (--nomodels: only the pipeline)")
 _TORCH = flags.DEFINE_bool("torch", True, "run the PyTorch peers when torch is installed")
 _TORCH_THREADS = flags.DEFINE_integer("torch_threads", 0, "torch threads (0: the CPUs XLA uses)")
 _PIPELINE = flags.DEFINE_bool("pipeline", True, "measure the input pipeline on its own")
@@ -99,7 +100,7 @@ def main(argv: list[str]) -> None:
 
     from sensorium_jax.benchmarking import fake_inputs, report, timing, torch_peers
 
-    specs = _CONFIGS.value or default_specs()
+    specs = (_CONFIGS.value or default_specs()) if _MODELS.value else []
     run_torch = _TORCH.value and torch_peers.torch_available()
     threads = _TORCH_THREADS.value or xla_cpu_count()
     rows: list[dict] = []
@@ -133,6 +134,20 @@ def main(argv: list[str]) -> None:
                 eval_trials=_EVAL_TRIALS.value,
             )
             rows.append(report.jax_row(spec, measurement, note=changed))
+        except timing.StepFailedError as error:
+            traceback.print_exc()
+            rows.append(
+                report.make_row(
+                    name=spec,
+                    framework="jax",
+                    mice=len(counts),
+                    neurons=sum(counts),
+                    params=error.params,
+                    compile_s=error.compile_s,
+                    xla_mem_mb=None if error.xla_step_bytes is None else error.xla_step_bytes / 1e6,
+                    note=f"step failed: {error}; {changed}"[:300],
+                )
+            )
         except Exception as error:  # one broken config must not lose the others' figures
             traceback.print_exc()
             rows.append(report.make_row(name=spec, framework="jax", note=f"failed: {error!r}"[:300]))
@@ -187,7 +202,7 @@ def _cut_down_note(config, counts, cpu: bool, batch: int, frames: int) -> str:
     from sensorium_jax.benchmarking import fake_inputs
 
     if tuple(counts) != fake_inputs.COMPETITION_NEURONS:
-        parts.append(f"{len(counts)} mice × {counts[0]:,} neurons (not the competition's ten)")
+        parts.append(f"{len(counts)} mice, {sum(counts):,} neurons (not the competition's ten)")
     if batch and batch != config.data.batch_size:
         parts.append(f"batch {batch}/mouse (config {config.data.batch_size})")
     if frames and frames != config.data.clip_frames:

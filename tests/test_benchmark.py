@@ -95,7 +95,10 @@ def test_ratios_table_and_json_have_every_column(tmp_path):
         ),
         report.make_row(name="pipeline", framework="grain", mice=2, batch_clips=4, clip_frames=80, clips_per_s=50.0),
     ]
+    rows.append(report.make_row(name="b", framework="jax", note="step failed: out of memory"))
+    rows.append(report.make_row(name="b [torch]", framework="torch", peer_of="b", step_ms=10.0))
     report.add_ratios(rows, pipeline_frames_per_s=50.0 * 80)
+    assert rows[-1]["jax_torch_ratio"] is None and rows[-2]["headroom"] is None
     assert rows[1]["jax_torch_ratio"] == pytest.approx(2.0)  # JAX takes twice as long
     assert rows[0]["headroom"] == pytest.approx(4000.0 / (20.0 * 10))  # frames/s over frames/s
     assert rows[0]["jax_torch_ratio"] is None and rows[2]["headroom"] is None

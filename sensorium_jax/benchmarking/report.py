@@ -105,8 +105,9 @@ def add_ratios(rows: list[dict[str, Any]], pipeline_frames_per_s: float | None) 
     """Fill ``jax_torch_ratio`` on peer rows and ``headroom`` on JAX rows, in place."""
     by_name = {row["name"]: row for row in rows if row["framework"] == "jax"}
     for row in rows:
-        if row["framework"] == "torch" and row["peer_of"] in by_name and row["step_ms"]:
-            row["jax_torch_ratio"] = by_name[row["peer_of"]]["step_ms"] / row["step_ms"]
+        jax_ms = by_name[row["peer_of"]]["step_ms"] if row["peer_of"] in by_name else None
+        if row["framework"] == "torch" and jax_ms and row["step_ms"]:  # both ran (a failed step has none)
+            row["jax_torch_ratio"] = jax_ms / row["step_ms"]
         if row["framework"] == "jax" and pipeline_frames_per_s and row["clips_per_s"]:
             row["headroom"] = pipeline_frames_per_s / (row["clips_per_s"] * row["clip_frames"])
 

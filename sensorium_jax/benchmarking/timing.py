@@ -62,6 +62,16 @@ def time_calls(
     return CallTimes(first, times)
 
 
+class StepFailedError(RuntimeError):
+    """The step compiled but failed to run (typically out of memory); carries the figures taken before."""
+
+    def __init__(self, message: str, params: int, compile_s: float, xla_step_bytes: int | None):
+        super().__init__(message)
+        self.params = params
+        self.compile_s = compile_s
+        self.xla_step_bytes = xla_step_bytes
+
+
 @dataclasses.dataclass
 class JaxMeasurement:
     """One config's figures. ``clips_per_s`` = clips per step (mice × batch) / median step time."""
@@ -168,10 +178,13 @@ def measure_jax_config(
         def one_step():
             nonlocal state
             state, metrics = compiled(state, batch)
-            return metrics["loss"]
+            return state, metrics["loss"]  # wait for the updated state too, not only the loss
 
-        times = time_calls(one_step, steps=steps, warmup=warmup)
-        loss = float(one_step())
+        try:
+            times = time_calls(one_step, steps=steps, warmup=warmup)
+        except jax.errors.JaxRuntimeError as error:  # e.g. out of memory: keep what was measured before it
+            raise StepFailedError(str(error).splitlines()[0], params, compile_s, xla_bytes) from error
+        loss = float(one_step()[1])
         if not math.isfinite(loss):
             raise FloatingPointError(f"the train step's loss is {loss}: the measurement is of a broken step")
 
