@@ -343,3 +343,53 @@ def test_blur_grating_and_noise():
     np.testing.assert_allclose(grating[2, :, 2:], grating[0, :, :-2], atol=1e-5)  # drifts +x by period/4 per 2 frames
     assert set(np.unique(noise)) <= {-2.0, 0.0, 2.0}
     assert abs((noise != 0).mean() - 0.1) < 0.02
+
+
+@pytest.mark.parametrize("with_time", [False, True])
+def test_input_space_applies_the_session_normalisation(tmp_path, with_time):
+    from sensorium_jax.data.reader import Session
+    from tests.fake_data import write_session
+
+    session = Session(write_session(tmp_path / "m", num_neurons=3, stats_with_time=with_time), validate="headers")
+    space = InputSpace.from_session(session)
+    assert space.grey == 127.0 and space.natural_rms == pytest.approx(70.0)
+    assert space.contrast_range == (-127.0, 128.0)
+    raw, normalised = session.load(0, 0, 10, normalize=False), session.load(0, 0, 10)
+    np.testing.assert_allclose(space.video_to_model(raw["videos"] - space.grey), normalised["videos"], atol=1e-4)
+    np.testing.assert_allclose(space.behavior_to_model(raw["behavior"]), normalised["behavior"], rtol=1e-5)
+    np.testing.assert_allclose(space.pupil_to_model(raw["pupil_center"]), normalised["pupil_center"], atol=1e-4)
+    # no min/max statistics in these files: sweeps span mean ± 2 std (mean 1, std [0.5, 2])
+    np.testing.assert_allclose([space.behavior_low, space.behavior_high], [[0.0, -3.0], [2.0, 5.0]])
+
+
+def test_nnx_modules_become_twins_with_their_state_as_parameters():
+    from flax import nnx
+
+    class Linear(nnx.Module):
+        burn_in = 0
+
+        def __init__(self, filters):
+            self.filters = nnx.Param(jnp.asarray(filters.reshape(len(filters), -1)))
+
+        def predict_mouse(self, mouse, videos, behavior, pupil_center):
+            return videos.reshape(*videos.shape[:2], -1) @ self.filters[...].T
+
+    module = Linear(gabor_filters(SPECS))
+    twin = twin_from_module(module, num_neurons=2, space=SPACE)
+    assert isinstance(twin.params, nnx.State)
+    videos = np.random.default_rng(0).normal(size=(3, 2, H, W)).astype(np.float32)
+    np.testing.assert_allclose(
+        twin.predict(videos, batch_size=2), module.predict_mouse(0, videos, None, None), rtol=1e-5
+    )
+
+
+def test_tables_are_written_as_csv_parquet_and_arrays(tmp_path):
+    import pandas as pd
+
+    columns = {"unit_id": np.array([5, 9]), "dsi": np.array([0.1, 0.7]), "curve": np.ones((2, 4))}
+    written = cli.write_table(columns, tmp_path / "out" / "tuning")
+    assert [p.name for p in written] == ["tuning.csv", "tuning.parquet", "tuning_arrays.npz"]
+    frame = pd.read_csv(written[0])
+    assert list(frame.columns) == ["unit_id", "dsi"] and frame["dsi"].tolist() == [0.1, 0.7]
+    pd.testing.assert_frame_equal(pd.read_parquet(written[1]), frame)
+    np.testing.assert_array_equal(np.load(written[2])["curve"], np.ones((2, 4)))

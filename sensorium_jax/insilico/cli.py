@@ -85,6 +85,8 @@ class Setup:
     session_path: Path
     neurons: np.ndarray
     output: Path
+    # shared by the copies dataclasses.replace makes (validate runs rf, tuning, behaviour on one setup)
+    cache: dict = dataclasses.field(default_factory=dict)
 
     @property
     def has_ground_truth(self) -> bool:
@@ -244,7 +246,9 @@ def judged_neurons(setup: Setup) -> tuple[np.ndarray, dict[str, Any]]:
     """Which probed neurons count for validation: the well-predicted ones (all, for the ground-truth twin)."""
     if setup.model is None or setup.twin.name == "ground truth":
         return np.ones(len(setup.neurons), bool), {"judged": "all (ground-truth twin)"}
-    correlations, ceilings = validation.model_correlations(setup.model, setup.session_path)
+    if "correlations" not in setup.cache:  # one pass over the oracle tier per run, however many experiments
+        setup.cache["correlations"] = validation.model_correlations(setup.model, setup.session_path)
+    correlations, ceilings = setup.cache["correlations"]
     judged = validation.well_predicted(correlations, ceilings)[setup.neurons]
     info = {
         "judged": f"correlation >= {validation.WELL_PREDICTED_FRACTION} x ceiling (oracle tier)",

@@ -140,8 +140,13 @@ def tuning_curves(
         a = axes[i]
         a[0].plot(protocol.directions_deg, tuning["direction_curve"][i], "o-", ms=3)
         a[0].set_title(f"id {unit_ids[i]}: OSI {tuning['osi'][i]:.2f} DSI {tuning['dsi'][i]:.2f}", fontsize=8)
-        a[1].semilogx(protocol.periods_px, tuning["period_curve"][i], "o-", ms=3)
-        a[2].semilogx(protocol.temporal_hz, tuning["frequency_curve"][i], "o-", ms=3)
+        for ax, values, curve in (
+            (a[1], protocol.periods_px, tuning["period_curve"][i]),
+            (a[2], protocol.temporal_hz, tuning["frequency_curve"][i]),
+        ):
+            ax.semilogx(values, curve, "o-", ms=3)
+            ax.set_xticks(values, [f"{v:g}" for v in values])  # the protocol's values, not 10^k ticks
+            ax.minorticks_off()
         if panels == 4:
             radii = np.asarray(protocol.radii_px, float)
             shown = np.where(np.isinf(radii), 2 * radii[np.isfinite(radii)].max(), radii)

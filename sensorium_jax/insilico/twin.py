@@ -16,6 +16,7 @@ screen whatever the model was trained on. The model's parameters are an argument
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -202,9 +203,13 @@ class DigitalTwin:
         pupil_center = default_pupil if pupil_center is None else pupil_center
         return self.apply(params, self.space.video_to_model(contrast), behavior, pupil_center)
 
+    @functools.cached_property
+    def _jitted_respond(self) -> Callable:
+        return jax.jit(lambda params, x: self.respond(params, x))
+
     def predict(self, contrast: np.ndarray, batch_size: int = 64) -> np.ndarray:
         """Numpy convenience: rates of every neuron to contrast videos ``(E, T, H, W)``, in fixed-size batches."""
-        run = jax.jit(lambda params, x: self.respond(params, x))
+        run = self._jitted_respond
         return map_batches(lambda x: run(self.params, x), np.asarray(contrast, np.float32), batch_size)
 
     # ------------------------------------------------------------------------------------------------------
