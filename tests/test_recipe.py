@@ -319,6 +319,13 @@ def test_accumulated_micro_batches_equal_one_step_on_the_whole_batch(last_frames
         jax.tree.map(
             lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), host(got.params), host(want.params)
         )
+    # the loop (accelerators) and the unrolled form (CPU, the step's default here) give the same gradients
+    whole_grads = jax.jit(steps.make_gradient_fn(graphdef, [1.5, 0.5], last_frames=last_frames))
+    want_grads = host(whole_grads(state, batch, jax.random.key(0))[0])
+    for unroll in (False, True):
+        fn = steps.make_gradient_fn(graphdef, [1.5, 0.5], 0.0, last_frames, 4, unroll_micro_batches=unroll)
+        got_grads = host(jax.jit(fn)(state, batch, jax.random.key(0))[0])
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), got_grads, want_grads)
     micro = steps.split_micro_batches(jnp.arange(8)[None], 4)  # strided: micro-batch j holds clips j, j + 4
     np.testing.assert_array_equal(micro[:, 0], [[0, 4], [1, 5], [2, 6], [3, 7]])
 
@@ -401,7 +408,7 @@ def test_one_mouse_rounds_cycle_mice_through_the_same_per_mouse_stream(tiny_sess
 
 def test_loop_with_every_switch_and_ema_checkpoint_restores(tiny_sessions, tmp_path):
     config = tiny_config(",".join(str(p) for p in tiny_sessions))
-    config.train.max_epochs = 2
+    config.train.max_epochs = 1
     config.train.steps_per_epoch = 2
     config.data.mouse_sampling = "one"
     config.optim.accumulate_steps = 2
@@ -409,14 +416,14 @@ def test_loop_with_every_switch_and_ema_checkpoint_restores(tiny_sessions, tmp_p
     config.train.cutmix_prob = 0.5
     config.train.loss_last_frames = 6
     config.schedule.kind = "warmup_cosine"
-    config.schedule.warmup_steps = 2
+    config.schedule.warmup_steps = 1
     workdir = tmp_path / "run"
     loading.write_run_info(config, workdir)
     results = train_and_evaluate(config, workdir)
-    assert results["epochs"] == 2 and set(results["mice"]) == {"mouse-a", "mouse-b"}
+    assert results["epochs"] == 1 and set(results["mice"]) == {"mouse-a", "mouse-b"}
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     lrs = [r["lr"] for r in records if "lr" in r]
-    assert lrs[0] == pytest.approx(0.0) and lrs[1] == pytest.approx(0.5 * 0.01)  # warm-up 0 → lr over 2 steps
+    assert lrs == [pytest.approx(0.0), pytest.approx(0.01)]  # one warm-up step from 0, then the cosine's start
 
     restored = loading.load_model(workdir)
     assert isinstance(restored.state, steps.EmaTrainState)
