@@ -73,6 +73,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.schedule.factor = 0.3
     c.schedule.min_lr = 1e-7  # the reference's floor is float32 eps
     c.schedule.lr_decay_steps = 3  # two reductions, stop at the third plateau (the reference's max_reduce 3)
+    c.schedule.reset_decays_on_improvement = True  # ViV1T's scheduler sets num_reduce = 0 on every improvement
     c.eval.batch_size = 4
 
     if "cpu" in variant:
