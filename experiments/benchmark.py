@@ -142,6 +142,8 @@ def main(argv: list[str]) -> None:
                     framework="jax",
                     mice=len(counts),
                     neurons=sum(counts),
+                    batch_clips=len(counts) * (batch or config.data.batch_size),
+                    clip_frames=1 if fake_inputs.is_static(config) else (frames or config.data.clip_frames),
                     params=error.params,
                     compile_s=error.compile_s,
                     xla_mem_mb=None if error.xla_step_bytes is None else error.xla_step_bytes / 1e6,

@@ -9,6 +9,7 @@ JAX/PyTorch ratio compares our JAX against a straightforward PyTorch implementat
 * :class:`TorchGaussianReadout` (``FullGaussian2d``, full covariance, grid from the cortex MLP or free), the MLP
   shifter and ViV1T's behaviour encoder, used when neuralpredictors is not installed (with it, its own
   ``FullGaussian2d`` reads out).
+* :func:`gain_modulator`: the optional per-neuron behavioural gain (``models/readouts/modulator.py``).
 * :class:`TorchMultiMouseModel`: the shared core over every mouse's clips at once, then one readout per mouse.
 
 Only imported when torch is (``sensorium_jax.benchmarking.torch_peers`` checks).
@@ -269,6 +270,14 @@ def behavior_encoder(channels: int, in_features: int = 4, dropout: float = 0.0) 
     )
 
 
+def gain_modulator(num_neurons: int, in_features: int = 2, hidden: int = 8) -> nn.Module:
+    """Behaviour → log-gain per neuron (``models/readouts/modulator.py``); the last layer starts at zero (gain 1)."""
+    last = nn.Linear(hidden, num_neurons)
+    nn.init.zeros_(last.weight)
+    nn.init.zeros_(last.bias)
+    return nn.Sequential(nn.Linear(in_features, hidden), nn.ELU(), last)
+
+
 OUTPUTS = {"elu1": lambda x: F.elu(x) + 1.0, "exp": torch.exp, "softplus": F.softplus}
 
 
@@ -289,8 +298,10 @@ class TorchMultiMouseModel(nn.Module):
         pupil_center_channels: bool,
         output: str,
         core_is_2d: bool = False,
+        modulators: Sequence[nn.Module] | None = None,
     ):
         super().__init__()
+        self.modulators = nn.ModuleList(modulators) if modulators else None
         self.core = core
         self.readouts = nn.ModuleList(readouts)
         self.shifters = nn.ModuleList(shifters) if shifters else None
@@ -327,7 +338,10 @@ class TorchMultiMouseModel(nn.Module):
                 states = torch.cat([behavior[i], pupil[i]], -1)[:, t - t_out :].reshape(b * t_out, -1)
                 weights = readout_feature_weights(readout)
                 y = y + self.encoders[i](states) @ weights
-            outputs.append(self.output(y).reshape(b, t_out, -1))
+            rates = self.output(y)
+            if self.modulators is not None:  # multiplicative behavioural gain per neuron
+                rates = rates * torch.exp(self.modulators[i](behavior[i, :, t - t_out :].reshape(b * t_out, -1)))
+            outputs.append(rates.reshape(b, t_out, -1))
         return outputs
 
     def regularizer(self) -> torch.Tensor:

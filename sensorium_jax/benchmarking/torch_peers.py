@@ -191,6 +191,10 @@ def build_model(config: ml_collections.ConfigDict, mice: MiceInfo, np_layers: ty
         encoders = [
             torch_models.behavior_encoder(channels, dropout=encoder_config.get("dropout", 0.0)) for _ in mice.names
         ]
+    modulator_config = dict(config.model.get("modulator") or {})
+    modulators = None
+    if modulator_config.pop("enabled", False):
+        modulators = [torch_models.gain_modulator(len(c), **modulator_config) for c in mice.coordinates]
     model = torch_models.TorchMultiMouseModel(
         core,
         readouts,
@@ -200,6 +204,7 @@ def build_model(config: ml_collections.ConfigDict, mice: MiceInfo, np_layers: ty
         pupil_center_channels=bool(config.model.get("pupil_center_channels", False)) and not static,
         output=config.model.output,
         core_is_2d=core_is_2d,
+        modulators=modulators,
     )
     readout_name = "neuralpredictors FullGaussian2d" if np_layers is not None else "FullGaussian2d (ours, torch)"
     return model, f"{description} + {readout_name}"
