@@ -19,8 +19,8 @@ from sensorium_jax import parallel
 from sensorium_jax.data import pipeline
 from sensorium_jax.data.reader import open_sessions
 from sensorium_jax.models.cores import swin3d
-from sensorium_jax.models.dynamic_v1fm import DynamicV1FMModel, count_parameters, window_plan
-from sensorium_jax.models.model import MiceInfo
+from sensorium_jax.models.dynamic_v1fm import DynamicV1FMModel, window_plan
+from sensorium_jax.models.model import MiceInfo, count_parameters
 from sensorium_jax.models.readouts.gaussian import bilinear_sample
 from sensorium_jax.models.readouts.hierarchical_gaussian import HierarchicalGaussianReadouts, level_indices
 from sensorium_jax.models.registry import MODELS, build_model

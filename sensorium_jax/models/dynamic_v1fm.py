@@ -28,7 +28,6 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from sensorium_jax.models import model as video_model
 from sensorium_jax.models.cores.swin3d import Swin3dCore
 from sensorium_jax.models.model import OUTPUT_NONLINEARITIES, MiceInfo
 from sensorium_jax.models.readouts.hierarchical_gaussian import HierarchicalGaussianReadouts
@@ -215,11 +214,3 @@ class DynamicV1FMModel(nnx.Module):
     def regularizer(self) -> jax.Array:
         """Per-mouse penalty (M,): the readouts' L1 (0 in the reference, which has none)."""
         return self.core.regularizer() + self.readouts.regularizer()
-
-
-def count_parameters(model: DynamicV1FMModel, include_padding: bool = False) -> int:
-    """Trainable parameters as per-mouse readouts of the true sizes have them: the shared count
-    (:func:`sensorium_jax.models.model.count_parameters`, which leaves out the base level's padded neurons) minus
-    the extra levels' padded slots."""
-    total = video_model.count_parameters(model, include_padding=include_padding)
-    return total if include_padding else total - model.readouts.padding_parameters()

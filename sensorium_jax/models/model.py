@@ -201,4 +201,6 @@ def count_parameters(model: nnx.Module, include_padding: bool = False) -> int:
             if isinstance(param, nnx.Param) and param.shape[axis] == max(num_neurons):
                 per_slot = int(np.prod(param.shape)) // slots
                 total -= per_slot * (slots - sum(num_neurons))
-    return total
+    # Readouts with padded slots of their own layout (hierarchical levels) say how many they hold.
+    padding = getattr(model.readouts, "padding_parameters", None)
+    return total - padding() if padding is not None else total

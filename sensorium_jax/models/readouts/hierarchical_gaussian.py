@@ -210,5 +210,6 @@ class HierarchicalGaussianReadouts(GaussianReadouts):
         return read_hierarchical(params, levels, gates, mask, features, shift, None, self.time_tokens)
 
     def padding_parameters(self) -> int:
-        """Level feature weights allocated beyond each mouse's own slots (see :func:`count_parameters`)."""
+        """Level feature weights allocated beyond each mouse's own slots; the shared
+        :func:`~sensorium_jax.models.model.count_parameters` leaves them out."""
         return sum(level.padding_parameters() for level in self.levels)
