@@ -15,7 +15,7 @@ from sensorium_jax.data import pipeline
 from sensorium_jax.data.reader import open_sessions
 from sensorium_jax.models.model import MiceInfo, VideoModel
 from sensorium_jax.training import step as steps
-from sensorium_jax.training.loop import train_and_evaluate
+from sensorium_jax.training.loop import TimeBudget, train_and_evaluate
 
 
 def tiny_config(paths=""):
@@ -126,6 +126,24 @@ def test_kill_and_resume_continues_identically(tiny_sessions, tmp_path):
     )
     assert set(results["mice"]) == {"mouse-a", "mouse-b"}
     assert results["epochs"] == 2
+
+
+def test_time_budget_stops_before_an_epoch_that_would_overrun():
+    clock = iter([0.0, 100.0, 250.0, 330.0])  # construction, then the end of three epochs (100 s, 150 s, 80 s)
+    budget = TimeBudget(minutes=5.0, used_s=20.0, clock=lambda: next(clock))  # 20 s used before a restart
+    assert budget.end_epoch() == 120.0 and not budget.exhausted()  # 120 + 100 ≤ 300
+    assert budget.end_epoch() == 270.0 and budget.exhausted()  # 270 + 150 > 300: the next epoch would overrun
+    assert budget.end_epoch() == 350.0 and budget.exhausted()
+    assert not TimeBudget(minutes=0.0).exhausted()  # no budget
+
+
+def test_training_stops_when_the_time_budget_is_spent(tiny_sessions, tmp_path):
+    config = tiny_config(",".join(str(p) for p in tiny_sessions))
+    config.train.max_epochs = 3
+    config.train.time_budget_minutes = 1e-4  # spent by the first epoch
+    results = train_and_evaluate(config, tmp_path / "w")
+    assert results["epochs"] == 1
+    assert "oracle" in results["overall"]  # the final evaluation still runs
 
 
 def test_bad_batch_size_fails_at_start(tiny_sessions, tmp_path):

@@ -59,6 +59,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.pupil_center_channels = True
     c.model.behavior_encoder = ml_collections.ConfigDict(dict(enabled=True, dropout=0.0))
     c.model.output = "exp"  # the reference's output_mode 1
+    c.model.modulator = ml_collections.ConfigDict(dict(enabled=False, hidden=8))  # optional gain; off in the reference
 
     c.data.batch_size = 6  # clips per mouse; one optimiser step sees one sub-batch of every mouse
     c.data.clip_frames = 140

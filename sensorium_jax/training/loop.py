@@ -24,13 +24,16 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
 import ml_collections
+import numpy as np
 import optax
 from absl import logging
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from sensorium_jax import parallel
 from sensorium_jax.data import layout, pipeline
@@ -250,6 +253,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         validation_label, unit = "validation (oracle)", "clips"
 
     timer = {"t": time.perf_counter(), "steps": 0, "compiled": False}
+    budget = TimeBudget(config.train.get("time_budget_minutes", 0.0), loop.get("train_seconds", 0.0))
     while loop["epoch"] < config.train.max_epochs and not loop["stopped"]:
         for _ in range(steps_per_epoch):
             batch = parallel.to_global(next(iterator), batch_sharding)
@@ -303,6 +307,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             state = checkpoints.restore_best(state).replace(lr_scale=jax.numpy.float32(lr_scale))
             state = jax.device_put(state, replicated)
             logging.info("plateau: restored the best state (epoch %d), lr × %.2f", loop["best_epoch"], lr_scale)
+        loop["train_seconds"] = budget.end_epoch()
+        if budget.exhausted():
+            loop["stopped"] = True
+            logging.info(
+                "time budget: %.1f of %.1f min used, and an epoch takes %.1f min → stop",
+                budget.used_s / 60,
+                budget.limit_s / 60,
+                budget.last_epoch_s / 60,
+            )
         checkpoints.save_latest(step, state, iterator, loop)
         timer.update(t=time.perf_counter(), steps=0)
 
@@ -325,6 +338,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     writer.close()
     checkpoints.close()
     return results
+
+
+class TimeBudget:
+    """``train.time_budget_minutes``: stop before an epoch that would end past the budget (0: no budget).
+
+    Counts the wall-clock time of training and validation epochs (start-up and the final evaluation excluded), carried
+    across restarts through the checkpointed loop state. Hosts measure different times, so on a pod the decision
+    is process 0's, broadcast to every host: all stop after the same epoch.
+    """
+
+    def __init__(self, minutes: float, used_s: float = 0.0, clock: Callable[[], float] = time.perf_counter):
+        self.limit_s = 60.0 * float(minutes or 0.0)
+        self.used_s = float(used_s)
+        self.last_epoch_s = 0.0
+        self._clock = clock
+        self._started = clock()
+
+    def end_epoch(self) -> float:
+        """Book the epoch that just ended; returns the total time used so far."""
+        now = self._clock()
+        self.last_epoch_s = now - self._started
+        self.used_s += self.last_epoch_s
+        self._started = now
+        return self.used_s
+
+    def exhausted(self) -> bool:
+        if self.limit_s <= 0:
+            return False
+        stop = self.used_s + self.last_epoch_s > self.limit_s
+        if jax.process_count() > 1:
+            stop = bool(multihost_utils.broadcast_one_to_all(np.int32(stop)))
+        return stop
 
 
 def _fraction_of_ceiling(results: dict) -> dict:
