@@ -4,6 +4,7 @@ import json
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -32,6 +33,7 @@ def tiny_config(paths=""):
     config.train.log_every = 1
     config.eval.batch_size = 4
     config.optim.lr = 0.01
+    config.schedule.kind = "plateau"  # the demo's cosine holds for 4 epochs, longer than these runs
     return config
 
 
@@ -135,6 +137,8 @@ def test_time_budget_stops_before_an_epoch_that_would_overrun():
     assert budget.end_epoch() == 270.0 and budget.exhausted()  # 270 + 150 > 300: the next epoch would overrun
     assert budget.end_epoch() == 350.0 and budget.exhausted()
     assert not TimeBudget(minutes=0.0).exhausted()  # no budget
+    with pytest.raises(ValueError, match="time_budget_clock"):
+        TimeBudget.from_config(ml_collections.ConfigDict(dict(time_budget_minutes=1.0, time_budget_clock="gpu")))
 
 
 def test_training_stops_when_the_time_budget_is_spent(tiny_sessions, tmp_path):
@@ -144,6 +148,15 @@ def test_training_stops_when_the_time_budget_is_spent(tiny_sessions, tmp_path):
     results = train_and_evaluate(config, tmp_path / "w")
     assert results["epochs"] == 1
     assert "oracle" in results["overall"]  # the final evaluation still runs
+
+
+def test_validate_every_skips_epochs_but_always_validates_the_last(tiny_sessions, tmp_path):
+    config = tiny_config(",".join(str(p) for p in tiny_sessions))
+    config.train.max_epochs = 3
+    config.train.validate_every = 2
+    train_and_evaluate(config, tmp_path / "w")
+    validated = [r["epoch"] for r in _records(tmp_path / "w") if "validation_correlation" in r]
+    assert validated == [2, 3]
 
 
 def test_bad_batch_size_fails_at_start(tiny_sessions, tmp_path):

@@ -37,7 +37,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.max_epochs = 200
     c.train.steps_per_epoch = 0  # 0: one pass over the largest mouse's train trials
     c.train.log_every = 10
-    c.train.time_budget_minutes = 0.0  # > 0: stop before an epoch that would end past this wall-clock budget
+    c.train.validate_every = 1  # epochs between validations (the last epoch is always validated)
+    c.train.time_budget_minutes = 0.0  # > 0: stop before an epoch that would end past this budget
+    c.train.time_budget_clock = "wall"  # or "cpu": the process's CPU time (same compute on a shared machine)
     c.train.correlation_weight = 0.0
     c.train.loss_last_frames = 0
     c.train.ema_decay = 0.0  # > 0: EMA of parameters and BN statistics, validated/saved/evaluated (DwiseNeuro 0.999)

@@ -59,6 +59,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.use_shifter = True
     c.model.behavior_channels = True  # [pupil dilation, running speed] as constant input channels
     c.model.pupil_center_channels = False  # the pupil centre drives the shifter instead
+    # Optional behavioural gain (models/readouts/modulator.py); off in the reference recipe.
+    c.model.modulator = ml_collections.ConfigDict(dict(enabled=False, hidden=8))
     c.model.output = "elu1"
     # data (batch 8 × 80 frames), AdamW lr 0.005 / weight decay 0.01 and the schedule: the shared defaults
 
@@ -75,6 +77,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.model.core.update(CPU_CORE)
         c.model.readout.init_sigma = 0.1
         c.model.readout.grid_mean_predictor = False
+        # Behaviour as a per-neuron gain and no shifter, as factorized:cpu (why: BUILD_NOTES.md, "Learning on the
+        # synthetic set"); the full config keeps the reference's behaviour channels and shifter.
+        c.model.behavior_channels = False
+        c.model.modulator.enabled = True
+        c.model.use_shifter = False
         c.data.batch_size = 4
         c.data.clip_frames = 40
         c.optim.lr = 0.05
