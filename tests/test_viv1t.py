@@ -21,6 +21,7 @@ from experiments.configs import factorized, viv1t
 from sensorium_jax import parallel
 from sensorium_jax.data import pipeline
 from sensorium_jax.data.reader import open_sessions
+from sensorium_jax.evaluation import evaluate as evaluation
 from sensorium_jax.models.cores.viv1t import ViV1TCore, attention, dropout_keys, keep_masks, parallel_block
 from sensorium_jax.models.model import MiceInfo, VideoModel, count_parameters
 from sensorium_jax.training import losses
@@ -348,6 +349,27 @@ def test_padded_trials_with_lengths_equal_unpadded(sessions, bidirectional):
     np.testing.assert_allclose(np.asarray(padded[0, :26]), np.asarray(alone[0]), rtol=2e-5, atol=1e-6)
     unmasked = bidirectional.predict(bidirectional.state, jnp.int32(1), *batch, lengths=jnp.array([40, 40]))
     assert not np.allclose(np.asarray(unmasked[0, :26]), np.asarray(alone[0]))  # why the mask is needed
+
+
+def test_evaluation_gives_padded_trials_their_own_numbers(sessions):
+    """Validation and evaluation batch trials of different lengths (zero-padded) and pass the lengths, so a trial
+    scores the same in any batch: the fake session's first train trial is 2 frames longer than the other five."""
+    session, model = sessions[0], build(sessions, tiny_model_config(max_frames=80))
+    tx = steps.make_optimizer(tiny_model_config().optim, nnx.state(model, nnx.Param))
+    graphdef, state = steps.create_train_state(model, tx, seed=0)
+    predict = steps.make_predict(graphdef)
+    frames = evaluation.eval_frames([session], ["train"])
+    kwargs = dict(burn_in=model.burn_in, frames=frames, max_neurons=model.readouts.neuron_mask.shape[1])
+    batched = evaluation.predict_tier(predict, state, session, 0, "train", batch_size=6, **kwargs)
+    assert len({len(r) for r in batched.responses}) == 2  # the batch really mixes lengths
+    for row, trial in enumerate(batched.trials):
+        data = session.load(trial, 0, len(batched.responses[row]))
+        alone = predict(
+            state, jnp.int32(0), *(jnp.asarray(data[k])[None] for k in ("videos", "behavior", "pupil_center"))
+        )
+        np.testing.assert_allclose(
+            batched.predictions[row], np.asarray(alone[0, :, : session.num_neurons]), rtol=2e-5, atol=1e-6
+        )
 
 
 # ---------------------------------------------------------------- behaviour encoder

@@ -79,7 +79,10 @@ def predict_tier(
 ) -> TierPredictions:
     out = TierPredictions([], [], [], [])
     for batch in eval_batches(session, mouse, tier, batch_size, frames, max_neurons):
-        prediction = np.asarray(predict(state, jnp.int32(mouse), batch.videos, batch.behavior, batch.pupil_center))
+        lengths = jnp.asarray(batch.lengths, jnp.int32)
+        prediction = np.asarray(
+            predict(state, jnp.int32(mouse), batch.videos, batch.behavior, batch.pupil_center, lengths)
+        )
         for row, trial in enumerate(batch.trials):
             if trial < 0:
                 continue
@@ -168,7 +171,10 @@ def validation_correlation(
             continue
         predictions, targets, masks = [], [], []
         for batch in eval_batches(session, mouse, tier, batch_size, frames, max_neurons):
-            predictions.append(predict(state, jnp.int32(mouse), batch.videos, batch.behavior, batch.pupil_center))
+            lengths = jnp.asarray(batch.lengths, jnp.int32)
+            predictions.append(
+                predict(state, jnp.int32(mouse), batch.videos, batch.behavior, batch.pupil_center, lengths)
+            )
             targets.append(batch.responses[:, burn_in:])
             t = np.arange(burn_in, frames)[None, :]
             masks.append((t >= layout.BURN_IN_FRAMES) & (t < batch.lengths[:, None]))

@@ -392,16 +392,21 @@ def jit_train_step(train_step: Callable, state_sharding, batch_sharding, replica
 
 
 def make_predict(graphdef: nnx.GraphDef) -> Callable:
-    """``predict(state, mouse, videos (E,T,H,W), behavior, pupil_center) -> (E, T − burn_in, N_max)``, jitted.
+    """``predict(state, mouse, videos (E,T,H,W), behavior, pupil_center, lengths=None) -> (E, T − burn_in, N_max)``.
+
+    Jitted. ``lengths (E,)``: the valid frames of each zero-padded trial, for cores that attend over the whole
+    clip (ViV1T); evaluation always passes them, so a padded trial gets the numbers it would get alone.
 
     A state with an EMA predicts with the EMA weights (:func:`inference_weights`): validation, early stopping,
     the best checkpoint's scores, evaluation and submissions all see the averaged model.
     """
 
     @jax.jit
-    def predict(state: TrainState, mouse: jax.Array, videos, behavior, pupil_center):
+    def predict(state: TrainState, mouse: jax.Array, videos, behavior, pupil_center, lengths=None):
         params, batch_stats = inference_weights(state)
         model = nnx.merge(graphdef, params, batch_stats, state.constants)
-        return model.predict_mouse(mouse, videos, behavior, pupil_center)
+        if lengths is None:  # e.g. static images, whose models take no lengths
+            return model.predict_mouse(mouse, videos, behavior, pupil_center)
+        return model.predict_mouse(mouse, videos, behavior, pupil_center, lengths=lengths)
 
     return predict
