@@ -30,6 +30,7 @@ def main(port: str, process_id: str, num_processes: str, workdir: str, epochs: s
         "devices": jax.device_count(),
         "oracle": results["overall"]["oracle"]["single_trial_correlation"],
         "epochs": results["epochs"],
+        "best_epoch": results["best_epoch"],
     }
     print("RESULT " + json.dumps(record), flush=True)
 

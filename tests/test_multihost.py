@@ -76,5 +76,8 @@ def test_two_processes_train_in_lockstep_and_resume(tiny_sessions, tmp_path):
     assert set(want) == set(got) == {1, 2, 3, 4}
     for step in want:  # steps 3–4 only ran after the restart: same batches, same parameters on every host
         assert got[step] == pytest.approx(want[step], rel=1e-5)
-    # Not asserted yet: the two-process validation score differs from the one-process score by ~2 % although the
-    # parameters agree (BUILD_NOTES.md, "Multi-host"); every host computes the same score, so decisions agree.
+    # The same epoch is the best one. The scores themselves are not compared: the convolution biases in front of
+    # batch norm have an exactly-zero true gradient, so what they receive is rounding noise whose value depends on
+    # the reduction order across processes, and with the batch-norm running means that follow them it shifts this
+    # untrained model's near-constant predictions by a few % of a 0.01 correlation (BUILD_NOTES.md, "Multi-host").
+    assert second[0]["best_epoch"] == json.loads((straight / "metrics.json").read_text())["best_epoch"]
