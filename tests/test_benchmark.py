@@ -3,19 +3,27 @@ clips per step over the median step time, the JSON is rectangular, ratios are wh
 
 from __future__ import annotations
 
+import functools
 import json
 import statistics
 
+import jax
 import ml_collections
 import numpy as np
 import pytest
+from flax import nnx
 
 from experiments import benchmark
-from experiments.configs import factorized
+from experiments.configs import factorized, gru
 from sensorium_jax.benchmarking import fake_inputs, memory, pipeline_bench, report, timing
 from sensorium_jax.data.reader import open_sessions
+from sensorium_jax.models.cores.conv_gru import ConvGRU
+from sensorium_jax.models.cores.rotation_equivariant import RotationEquivariant2dCore
 from sensorium_jax.models.model import count_parameters
 from sensorium_jax.models.registry import build_model
+
+# programs that run once: compile time, not arithmetic, is what these tests spend
+jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 
 
 def tiny_config() -> ml_collections.ConfigDict:
@@ -137,3 +145,130 @@ def test_torch_peer_has_the_same_parameters_as_the_jax_model():
     peer = torch_peers.measure_torch_peer(config, mice, steps=1, warmup=0, threads=1)
     assert peer.params == count_parameters(build_model(config.model, mice))
     assert peer.clips_per_s == pytest.approx(4 / peer.step_times_s[0])
+
+
+# ---------------------------------------------------------------- the gru peer
+
+
+def normal(*shape: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+
+
+def tiny_gru_config() -> ml_collections.ConfigDict:
+    c = gru.get_config("cpu")
+    c.model.core.update(
+        hidden_channels=2, num_rotations=4, layers=2, input_kernel=5, hidden_kernel=3, input_stride=2, gru_channels=3
+    )
+    c.data.batch_size = 2
+    c.data.clip_frames = 4
+    c.eval.batch_size = 2
+    return c
+
+
+def neuralpredictors_or_skip():
+    pytest.importorskip("torch")
+    from sensorium_jax.benchmarking import torch_peers
+
+    np_layers = torch_peers.import_neuralpredictors()
+    if np_layers is None:
+        pytest.skip("neuralpredictors is not importable")
+    return torch_peers, np_layers
+
+
+def test_gru_peer_has_the_same_parameters_as_the_jax_model():
+    torch_peers, np_layers = neuralpredictors_or_skip()
+    mice = fake_inputs.fake_mice((5, 7))
+    jax_count = lambda config: count_parameters(nnx.eval_shape(lambda: build_model(config.model, mice)))
+
+    config = tiny_gru_config()
+    peer = torch_peers.measure_torch_peer(config, mice, steps=1, warmup=0, threads=1)  # a whole train step runs
+    assert peer.params == jax_count(config)
+    assert "RotationEquivariant2dCore" in peer.name
+
+    full = gru.get_config()  # the reference recipe (shifter, grid MLP, behaviour channels) at 12 neurons
+    model, _ = torch_peers.build_model(full, mice, np_layers)
+    trainable = lambda module: sum(p.numel() for p in module.parameters() if p.requires_grad)
+    assert trainable(model.core.frame_core) == 44_152  # tests/test_gru.py: Hermite coefficients + batch norm
+    assert trainable(model.core) == 2_035_192
+    assert trainable(model) == jax_count(full)
+
+
+def test_neuralpredictors_frame_core_matches_our_rotation_equivariant_core():
+    """The peer's options map onto ours: same coefficients → same feature maps (stride on the first layer only,
+    valid / same padding, rotation-major channels, shared batch norm, no final ELU) and the same regulariser."""
+    torch_peers, np_layers = neuralpredictors_or_skip()
+    import torch
+
+    from sensorium_jax.benchmarking import torch_models
+
+    config = dict(
+        hidden_channels=2, num_rotations=4, layers=3, input_kernel=5, hidden_kernel=3, upsampling=2,
+        input_stride=2, bn_momentum=0.9, gamma_input=2.0, gamma_hidden=30.0, final_nonlinearity=False,
+    )  # fmt: skip
+    ours = RotationEquivariant2dCore(image_channels=1, constant_channels=2, **config, rngs=nnx.Rngs(0))
+    peer = torch_peers.rotation_equivariant_core(np_layers, 3, config)
+    with torch.no_grad():
+        for conv, layer in zip(ours.convs, peer.features, strict=True):
+            layer.hermite_conv.coeffs.copy_(torch.tensor(np.asarray(conv.coeffs[...])))
+    graphdef, state = nnx.split(ours)
+    forward = jit(lambda s, i, c, train: nnx.merge(graphdef, s)(i, c, train=train), static_argnums=3)
+    images, constants = normal(4, 15, 17), normal(4, 2, seed=1)
+    x = torch.cat(
+        [torch.from_numpy(images)[:, None], torch.from_numpy(constants)[:, :, None, None].expand(-1, -1, 15, 17)], 1
+    )
+    for train in (False, True):
+        peer.train(train)
+        with torch.no_grad():
+            out = peer(x).permute(0, 2, 3, 1).numpy()
+        expected = np.asarray(forward(state, images, constants, train))
+        assert out.shape == expected.shape == (4, 6, 7, 8)
+        np.testing.assert_allclose(out, expected, atol=5e-5)
+    expected_penalty = float(jit(lambda s: nnx.merge(graphdef, s).regularizer())(state))
+    assert float(torch_models.rotation_equivariant_regularizer(peer)) == pytest.approx(expected_penalty, rel=1e-5)
+
+
+def conv_gru_as_torch(params: dict[str, np.ndarray], c: int) -> dict[str, np.ndarray]:
+    """Our fused ConvGRU parameters (or their gradients) under the names of the reference's six convolutions."""
+    oihw = lambda kernel: np.ascontiguousarray(np.transpose(kernel, (3, 2, 0, 1)))  # HWIO → torch's OIHW
+    out = {}
+    for i, gate in enumerate(("reset", "update", "out")):
+        out[f"{gate}_gate_input.weight"] = oihw(params["input_kernel"][..., i * c : (i + 1) * c])
+        out[f"{gate}_gate_input.bias"] = params["input_bias"][i * c : (i + 1) * c]
+    for i, gate in enumerate(("reset", "update")):
+        out[f"{gate}_gate_hidden.weight"] = oihw(params["gate_kernel"][..., i * c : (i + 1) * c])
+        out[f"{gate}_gate_hidden.bias"] = params["gate_bias"][i * c : (i + 1) * c]
+    out["out_gate_hidden.weight"] = oihw(params["out_kernel"])
+    out["out_gate_hidden.bias"] = params["out_bias"]
+    return out
+
+
+def test_torch_conv_gru_equals_our_conv_gru_with_shared_weights():
+    """Outputs and gradients: the Python loop over the reference's cell against our scan and its hand-written VJP."""
+    torch = pytest.importorskip("torch")
+    from sensorium_jax.benchmarking import torch_models
+
+    c_in, c = 3, 4
+    ours = ConvGRU(c_in, c, input_kernel=3, rec_kernel=5, rngs=nnx.Rngs(0))
+    for seed, name in enumerate(("input_bias", "gate_bias", "out_bias")):  # non-zero, so every bias is compared
+        bias = getattr(ours, name)
+        bias[...] = jax.numpy.asarray(0.3 * normal(*bias.shape, seed=seed))
+    graphdef, params = nnx.split(ours, nnx.Param)
+    flat = lambda state: {name: np.asarray(state[name][...]) for name in state}
+    peer = torch_models.TorchConvGRU(c_in, c, input_kernel=3, rec_kernel=5)
+    peer.load_state_dict({k: torch.tensor(v) for k, v in conv_gru_as_torch(flat(params), c).items()})
+
+    x, weights = normal(2, 5, 6, 7, c_in, seed=10), normal(2, 5, 6, 7, c, seed=11)  # (B, T, H, W, C)
+    loss = lambda p, x: jax.numpy.sum(nnx.merge(graphdef, p)(x) * weights)
+    expected = np.asarray(jit(lambda p, x: nnx.merge(graphdef, p)(x))(params, x))
+    grads, x_grad = jit(jax.grad(loss, argnums=(0, 1)))(params, x)
+
+    x_torch = torch.from_numpy(x).permute(0, 4, 1, 2, 3).requires_grad_()  # (B, C, T, H, W)
+    out = peer(x_torch)
+    (out * torch.from_numpy(weights).permute(0, 4, 1, 2, 3)).sum().backward()
+    out = out.permute(0, 2, 3, 4, 1).detach().numpy()
+    assert np.abs(expected[:, 0]).max() > 0.05  # not a trivially zero output
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+    np.testing.assert_allclose(x_torch.grad.permute(0, 2, 3, 4, 1).numpy(), np.asarray(x_grad), atol=1e-5)
+    expected_grads = conv_gru_as_torch(flat(grads), c)
+    for name, param in peer.named_parameters():
+        np.testing.assert_allclose(param.grad.numpy(), expected_grads[name], atol=2e-5, rtol=1e-5, err_msg=name)

@@ -6,6 +6,9 @@ JAX/PyTorch ratio compares our JAX against a straightforward PyTorch implementat
 * :class:`TorchViV1TCore`: ViV1T's core (``winning_models.md`` §3): ``unfold`` tubelets → LayerNorm → Linear →
   LayerNorm → dropout, learned positions, parallel blocks with ``F.scaled_dot_product_attention``, bf16 autocast
   when the config computes in bf16, block checkpointing when the config rematerialises.
+* :class:`TorchConvGRU`: the GRU baseline's ``ConvGRUCell`` (six "same"-padded ``Conv2d``: reset / update / out on
+  the input and on the state) run over time in a Python loop, as neuralpredictors' ``GRU_Module`` does;
+  :class:`TorchGRUCore` puts neuralpredictors' ``RotationEquivariant2dCore`` on every frame in front of it.
 * :class:`TorchGaussianReadout` (``FullGaussian2d``, full covariance, grid from the cortex MLP or free), the MLP
   shifter and ViV1T's behaviour encoder, used when neuralpredictors is not installed (with it, its own
   ``FullGaussian2d`` reads out).
@@ -195,6 +198,123 @@ class TorchViV1TCore(nn.Module):
 
     def regularizer(self) -> torch.Tensor:
         return torch.zeros(())
+
+
+class TorchConvGRU(nn.Module):
+    """neuralpredictors' ``ConvGRUCell`` / ``GRU_Module``: ``(B, C_in, T, H, W)`` → every state ``(B, C, T, H, W)``.
+
+    Per frame, from ``h = 0``: ``z = σ(W_z x + U_z h)``, ``r = σ(W_r x + U_r h)``, ``h̃ = tanh(W_o x + U_o (r ⊙ h))``,
+    ``h' = (1 − z) ⊙ h + z ⊙ h̃``; six separate convolutions with biases, xavier-normal kernels and zero biases, as
+    the reference writes them (our JAX ``ConvGRU`` stores the same parameters fused into three kernels).
+    """
+
+    def __init__(
+        self, in_channels: int, channels: int, input_kernel: int = 9, rec_kernel: int = 9, gamma_rec: float = 0.0
+    ):
+        super().__init__()
+        self.channels = channels
+        self.gamma_rec = gamma_rec
+
+        def conv(c_in: int, kernel: int) -> nn.Conv2d:
+            layer = nn.Conv2d(c_in, channels, kernel, padding=kernel // 2)
+            nn.init.xavier_normal_(layer.weight)
+            nn.init.zeros_(layer.bias)
+            return layer
+
+        self.reset_gate_input = conv(in_channels, input_kernel)
+        self.reset_gate_hidden = conv(channels, rec_kernel)
+        self.update_gate_input = conv(in_channels, input_kernel)
+        self.update_gate_hidden = conv(channels, rec_kernel)
+        self.out_gate_input = conv(in_channels, input_kernel)
+        self.out_gate_hidden = conv(channels, rec_kernel)
+
+    def cell(self, x: torch.Tensor, h: torch.Tensor | None) -> torch.Tensor:
+        """One frame ``x (B, C_in, H, W)`` and the previous state (None: zeros) → the new state."""
+        if h is None:
+            h = x.new_zeros(x.shape[0], self.channels, *x.shape[2:])
+        update = torch.sigmoid(self.update_gate_input(x) + self.update_gate_hidden(h))
+        reset = torch.sigmoid(self.reset_gate_input(x) + self.reset_gate_hidden(h))
+        candidate = torch.tanh(self.out_gate_input(x) + self.out_gate_hidden(h * reset))
+        return h * (1.0 - update) + candidate * update
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = None
+        states = []
+        for frame in range(x.shape[2]):  # the reference's Python loop over time
+            h = self.cell(x[:, :, frame], h)
+            states.append(h)
+        return torch.stack(states, dim=2)
+
+    def regularizer(self) -> torch.Tensor:
+        """neuralpredictors' ``bias_l1`` times ``gamma_rec`` (0 in the baseline)."""
+        if not self.gamma_rec:
+            return torch.zeros(())
+        terms = (
+            self.reset_gate_hidden.bias.abs().mean()
+            + self.update_gate_hidden.weight.abs().mean()
+            + self.out_gate_hidden.bias.abs().mean()
+        )
+        return self.gamma_rec * terms / 3.0
+
+
+def hermite_filters(conv: nn.Module) -> torch.Tensor:
+    """A neuralpredictors ``HermiteConv2D``'s filters of every rotation, ``(R·out, in, k, k)``: the ones its last
+    forward pass used (as the reference's regularisers read them), or built from its coefficients before one."""
+    if conv.weights_all_rotations is not None:
+        return conv.weights_all_rotations
+    fine = conv.rotate_hermite(conv.coeffs)  # (k·u, k·u, in, R·out)
+    u = conv.upsampling
+    k = fine.shape[0] // u
+    return fine.reshape(k, u, k, u, *fine.shape[2:]).sum((1, 3)).permute(3, 2, 0, 1)
+
+
+def rotation_equivariant_regularizer(core: nn.Module) -> torch.Tensor:
+    """neuralpredictors ``RotationEquivariant2dCore.regularizer()``: ``gamma_input`` × LaplaceL2norm of the first
+    layer's filters + ``gamma_hidden`` × group sparsity of the others.
+
+    Written out because 0.3.0's own ``laplace()`` / ``group_sparsity()`` read ``features[l].conv``, while its layers
+    name the convolution ``hermite_conv`` (an ``AttributeError``); the formulas are the release's. Its
+    ``LaplaceL2norm`` ``view``s the filters, which fails on the permuted (non-contiguous) filter bank once the
+    first layer has more than one input channel, hence ``contiguous()``."""
+    filters = [hermite_filters(layer.hermite_conv) for layer in core.features]
+    laplace = core._input_weights_regularizer(filters[0].contiguous(), avg=core.use_avg_reg)
+    hidden = [weights.pow(2).sum((2, 3)).sqrt().mean() for weights in filters[1:]]
+    sparsity = sum(hidden) / len(hidden) if hidden else 0.0
+    return core.gamma_hidden * sparsity + core.gamma_input * laplace
+
+
+class TorchGRUCore(nn.Module):
+    """The GRU baseline's core: ``frame_core`` (neuralpredictors' ``RotationEquivariant2dCore``) on every frame,
+    frames folded into the batch, then :class:`TorchConvGRU` over time.
+
+    ``(B, C_in, T, H, W)`` (behaviour as constant image channels) → ``(B, gru_channels, T − burn_in, H', W')``, the
+    3-D cores' layout, so :class:`TorchMultiMouseModel` reads it out like theirs.
+    """
+
+    def __init__(
+        self,
+        frame_core: nn.Module,
+        frame_channels: int,
+        gru_channels: int,
+        gru_input_kernel: int,
+        gru_rec_kernel: int,
+        gamma_rec: float = 0.0,
+        burn_in: int = 0,
+    ):
+        super().__init__()
+        self.frame_core = frame_core
+        self.gru = TorchConvGRU(frame_channels, gru_channels, gru_input_kernel, gru_rec_kernel, gamma_rec)
+        self.out_channels = int(gru_channels)
+        self.burn_in = int(burn_in)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, t, h, w = x.shape
+        features = self.frame_core(x.transpose(1, 2).reshape(b * t, c, h, w))  # (B·T, C', H', W')
+        features = features.reshape(b, t, *features.shape[1:]).transpose(1, 2)
+        return self.gru(features)[:, :, self.burn_in :]
+
+    def regularizer(self) -> torch.Tensor:
+        return rotation_equivariant_regularizer(self.frame_core) + self.gru.regularizer()
 
 
 def normalised_positions(coordinates: np.ndarray) -> np.ndarray:

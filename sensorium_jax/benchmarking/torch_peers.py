@@ -4,11 +4,29 @@ optimiser, one train step = forward over every mouse's clips, the same loss, bac
 Which peer a config gets is decided by its core: ``factorized`` and ``viv1t`` get our plain PyTorch
 transcriptions (:mod:`.torch_models`) read out by neuralpredictors' ``FullGaussian2d`` (our transcription of it
 where neuralpredictors is missing); ``stacked2d`` (static images) gets neuralpredictors' ``Stacked2dCore`` with
-its ``FullGaussian2d``. Other cores have no peer yet and are measured in JAX alone.
+its ``FullGaussian2d``; ``gru`` gets neuralpredictors' ``RotationEquivariant2dCore`` on every frame (frames folded
+into the batch), our transcription of the reference's ConvGRU over time in a Python loop
+(:class:`.torch_models.TorchGRUCore`, a 3-D core to the model: ``(B, C, T, H, W)`` in and out) and the same
+readouts. Other cores have no peer yet and are measured in JAX alone.
+
+The ``gru`` frame core is configured as our JAX ``RotationEquivariant2dCore`` (:func:`rotation_equivariant_core`):
+the same Hermite coefficients ``(k(k+1)/2, in, out)`` per layer, rotation-shared batch norm with scale and bias
+(torch momentum = our ``bn_momentum``), unpadded first layer and "same"-padded hidden layers, ELU on all layers but
+the last unless ``final_nonlinearity``, only the last layer read out (``stack=-1``), LaplaceL2norm with padding 1
+summed over filters (``use_avg_reg=False``) and group sparsity; so its parameter count equals ours. Two options
+cannot be passed as such: 0.3.0 drops ``stride`` (``RotationEquivariant2dCore`` keeps it, then its base class
+resets it to 1) and would otherwise apply it to every layer, while our ``input_stride`` strides the first layer
+only; the peer sets each layer's ``hermite_conv.stride`` after construction. And its regulariser reads the
+filters under a name its layers do not use, so :func:`.torch_models.rotation_equivariant_regularizer` computes
+it with the release's formulas. Our JAX core builds the rotations that are quarter turns by ``rot90`` (bit-exact
+equivariance) where neuralpredictors rotates every filter through its Hermite coefficients: the same filters up
+to float rounding, and no parameter of either.
 
 neuralpredictors 0.3.0 (the PyPI release) predates Python 3.10: it imports ``collections.Iterable`` and
 ``torchvision`` (for a transfer-learning core nobody here uses), so :func:`import_neuralpredictors` restores the
-alias and, when torchvision is absent, puts an empty stand-in module in its place before importing it.
+alias and, when torchvision is absent, puts an empty stand-in module in its place before importing it; its Hermite
+basis (``RotationEquivariant2dCore``) takes ``math.factorial`` of numpy floats, which Python 3.10 refuses, so the
+module's ``math`` becomes one whose factorial takes integral floats.
 """
 
 from __future__ import annotations
@@ -19,6 +37,7 @@ import dataclasses
 import functools
 import importlib
 import importlib.util
+import math
 import statistics
 import sys
 import types
@@ -32,7 +51,7 @@ from sensorium_jax.benchmarking.memory import PeakMemory
 from sensorium_jax.benchmarking.timing import time_calls
 from sensorium_jax.models.model import MiceInfo
 
-PEER_CORES = ("factorized", "viv1t", "stacked2d")
+PEER_CORES = ("factorized", "viv1t", "stacked2d", "gru")
 
 
 def torch_available() -> bool:
@@ -50,6 +69,9 @@ def import_neuralpredictors() -> types.SimpleNamespace | None:
     if "torchvision" not in sys.modules and importlib.util.find_spec("torchvision") is None:
         sys.modules.setdefault("torchvision", types.ModuleType("torchvision"))
     try:
+        hermite = importlib.import_module("neuralpredictors.layers.hermite")
+        if hermite.math is math:  # 0.3.0 takes factorials of numpy floats, an error since Python 3.10
+            hermite.math = types.SimpleNamespace(factorial=lambda n: math.factorial(int(n)))
         return types.SimpleNamespace(
             readouts=importlib.import_module("neuralpredictors.layers.readouts"),
             cores=importlib.import_module("neuralpredictors.layers.cores"),
@@ -129,7 +151,57 @@ def build_core(config: ml_collections.ConfigDict, np_layers: types.SimpleNamespa
             depth_separable=True,
         )
         return core, True, "neuralpredictors Stacked2dCore"
+    if name == "gru":
+        if np_layers is None:
+            raise RuntimeError(
+                "the gru peer's frame core is neuralpredictors' RotationEquivariant2dCore; not installed"
+            )
+        frame_core = rotation_equivariant_core(np_layers, in_channels, core_config)
+        core = torch_models.TorchGRUCore(
+            frame_core,
+            core_config["hidden_channels"] * core_config["num_rotations"],
+            core_config["gru_channels"],
+            core_config["gru_input_kernel"],
+            core_config["gru_rec_kernel"],
+            gamma_rec=core_config.get("gamma_rec", 0.0),
+            burn_in=core_config.get("burn_in", 0),
+        )
+        return core, False, "neuralpredictors RotationEquivariant2dCore per frame + ConvGRU (ours, torch)"
     raise KeyError(f"no PyTorch peer for core {name!r}; peers exist for {PEER_CORES}")
+
+
+def rotation_equivariant_core(np_layers: types.SimpleNamespace, in_channels: int, core_config: dict):
+    """neuralpredictors' ``RotationEquivariant2dCore`` with our JAX core's options (the module docstring maps
+    them); ``in_channels`` = image + constant channels, broadcast over the image as the reference feeds them."""
+    if core_config.get("compute_dtype", "float32") != "float32":
+        raise ValueError("the gru peer computes in float32 only")
+    input_stride = core_config.get("input_stride", 1)
+    core = np_layers.cores.RotationEquivariant2dCore(
+        input_channels=in_channels,
+        hidden_channels=core_config["hidden_channels"],
+        input_kern=core_config["input_kernel"],
+        hidden_kern=core_config["hidden_kernel"],
+        layers=core_config["layers"],
+        num_rotations=core_config["num_rotations"],
+        upsampling=core_config.get("upsampling", 2),
+        stride=input_stride,
+        gamma_input=core_config["gamma_input"],
+        gamma_hidden=core_config["gamma_hidden"],
+        final_nonlinearity=core_config.get("final_nonlinearity", False),
+        momentum=core_config["bn_momentum"],
+        pad_input=False,
+        batch_norm=True,
+        batch_norm_scale=True,
+        independent_bn_bias=True,
+        rot_eq_batch_norm=True,
+        laplace_padding=None,
+        input_regularizer="LaplaceL2norm",
+        use_avg_reg=False,
+        stack=-1,
+    )
+    for index, layer in enumerate(core.features):  # the stride on the input layer only, as ours
+        layer.hermite_conv.stride = input_stride if index == 0 else 1
+    return core
 
 
 def _feature_shape(core, core_is_2d: bool, in_channels: int, frames: int) -> tuple[int, int, int]:
