@@ -51,6 +51,17 @@ from sensorium_jax.benchmarking.memory import PeakMemory
 from sensorium_jax.benchmarking.timing import time_calls
 from sensorium_jax.models.model import MiceInfo
 
+# neuralpredictors core options every peer sets the same way: unpadded input layer, batch norm with its own scale
+# and bias, the Laplace input regulariser without padding (our JAX cores' choices).
+_NP_CORE_OPTIONS = dict(
+    pad_input=False,
+    batch_norm=True,
+    batch_norm_scale=True,
+    independent_bn_bias=True,
+    laplace_padding=None,
+    input_regularizer="LaplaceL2norm",
+)
+
 PEER_CORES = ("factorized", "viv1t", "stacked2d", "gru")
 
 
@@ -141,12 +152,7 @@ def build_core(config: ml_collections.ConfigDict, np_layers: types.SimpleNamespa
             final_nonlinearity=core_config.get("final_nonlinearity", True),
             bias=core_config.get("bias", False),
             momentum=core_config["bn_momentum"],
-            pad_input=False,
-            batch_norm=True,
-            batch_norm_scale=True,
-            independent_bn_bias=True,
-            laplace_padding=None,
-            input_regularizer="LaplaceL2norm",
+            **_NP_CORE_OPTIONS,
             stack=core_config.get("stack", -1),
             depth_separable=True,
         )
@@ -189,13 +195,8 @@ def rotation_equivariant_core(np_layers: types.SimpleNamespace, in_channels: int
         gamma_hidden=core_config["gamma_hidden"],
         final_nonlinearity=core_config.get("final_nonlinearity", False),
         momentum=core_config["bn_momentum"],
-        pad_input=False,
-        batch_norm=True,
-        batch_norm_scale=True,
-        independent_bn_bias=True,
         rot_eq_batch_norm=True,
-        laplace_padding=None,
-        input_regularizer="LaplaceL2norm",
+        **_NP_CORE_OPTIONS,
         use_avg_reg=False,
         stack=-1,
     )
