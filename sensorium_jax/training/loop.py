@@ -256,7 +256,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     budget = TimeBudget.from_config(config.train, loop.get("train_seconds", 0.0))
     # Validation costs about a fifth of a factorized:cpu epoch; validate_every > 1 spends that on training instead
     # (the plateau rule's patience then counts validations, not epochs). The last epoch is always validated.
-    validate_every = max(int(config.train.get("validate_every", 1)), 1)
+    validate_every = int(config.train.get("validate_every", 1))
+    if validate_every < 1:
+        raise ValueError(f"config.train.validate_every must be a positive number of epochs, got {validate_every}")
     while loop["epoch"] < config.train.max_epochs and not loop["stopped"]:
         for _ in range(steps_per_epoch):
             batch = parallel.to_global(next(iterator), batch_sharding)

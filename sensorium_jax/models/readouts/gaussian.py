@@ -31,28 +31,6 @@ def normalise_positions(coordinates: np.ndarray) -> np.ndarray:
     return (xy / (scale if scale > 0 else 1.0)).astype(np.float32)
 
 
-def bilinear_sample(features: jax.Array, grid: jax.Array) -> jax.Array:
-    """``grid_sample(bilinear, zeros, align_corners=True)`` at N points per sample.
-
-    ``features (H, W, C)``, ``grid (N, 2)`` with ``grid[:, 0]`` = x (width) and ``grid[:, 1]`` = y (height) in
-    [−1, 1] → ``(N, C)``. Corners that fall outside the map contribute zero.
-    """
-    h, w, c = features.shape
-    x = (grid[:, 0] + 1.0) * 0.5 * (w - 1)
-    y = (grid[:, 1] + 1.0) * 0.5 * (h - 1)
-    x0, y0 = jnp.floor(x), jnp.floor(y)
-    flat = features.reshape(h * w, c)
-    out = jnp.zeros((grid.shape[0], c), features.dtype)
-    for dx in (0, 1):
-        for dy in (0, 1):
-            xi, yi = x0 + dx, y0 + dy
-            weight = (1.0 - jnp.abs(x - xi)) * (1.0 - jnp.abs(y - yi))
-            inside = (xi >= 0) & (xi <= w - 1) & (yi >= 0) & (yi <= h - 1)
-            index = jnp.clip(yi, 0, h - 1).astype(jnp.int32) * w + jnp.clip(xi, 0, w - 1).astype(jnp.int32)
-            out = out + jnp.where(inside, weight, 0.0)[:, None].astype(features.dtype) * flat[index]
-    return out
-
-
 def _corner_terms(grid: jax.Array, height: int, width: int) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """The four bilinear corners of ``grid (..., 2)`` on an ``height × width`` map.
 
@@ -78,6 +56,21 @@ def _corner_terms(grid: jax.Array, height: int, width: int) -> tuple[jax.Array, 
             d_x.append(inside * (1.0 if dx else -1.0) * wy * sx)
             d_y.append(inside * wx * (1.0 if dy else -1.0) * sy)
     return tuple(jnp.stack(v, axis=-1) for v in (indices, weights, d_x, d_y))
+
+
+def bilinear_sample(features: jax.Array, grid: jax.Array) -> jax.Array:
+    """``grid_sample(bilinear, zeros, align_corners=True)`` at N points per sample.
+
+    ``features (H, W, C)``, ``grid (N, 2)`` with ``grid[:, 0]`` = x (width) and ``grid[:, 1]`` = y (height) in
+    [−1, 1] → ``(N, C)``. Corners that fall outside the map contribute zero.
+    """
+    h, w, c = features.shape
+    indices, weights, _, _ = _corner_terms(grid, h, w)
+    flat = features.reshape(h * w, c)
+    out = jnp.zeros((grid.shape[0], c), features.dtype)
+    for k in range(4):  # one (N, C) gather at a time
+        out = out + weights[:, k, None].astype(features.dtype) * flat[indices[:, k]]
+    return out
 
 
 def _gather_by_neuron(flat: jax.Array, indices: jax.Array) -> jax.Array:
