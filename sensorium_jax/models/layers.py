@@ -1,5 +1,5 @@
-"""Small building blocks shared by the cores and readouts: PyTorch-compatible initialisers, convolutions in
-the layouts XLA handles best, and the Laplace smoothness regularisers of neuralpredictors."""
+"""Small building blocks shared by the cores and readouts: PyTorch-compatible initialisers and the Laplace
+smoothness regularisers of neuralpredictors (the convolutions are in ``convolution.py``)."""
 
 from __future__ import annotations
 
@@ -25,28 +25,6 @@ def torch_linear_init(key: jax.Array, shape: tuple[int, ...], fan_in: int) -> ja
     """``torch.nn.Linear``'s default init, U(−1/√fan_in, 1/√fan_in), for weights and biases alike."""
     bound = 1.0 / math.sqrt(fan_in)
     return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
-
-
-def conv2d_valid(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
-    """Unpadded 2-D convolution, NHWC input, HWIO kernel."""
-    return jax.lax.conv_general_dilated(
-        x, kernel.astype(x.dtype), (stride, stride), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
-    )
-
-
-def temporal_conv_valid(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """Unpadded (causal) convolution along time of a (B, T, H, W, C) tensor with a (kt, C_in, C_out) kernel.
-
-    Written as a sum of ``kt`` shifted channel matmuls: each is a plain GEMM over B·T·H·W rows, which XLA's CPU and
-    GPU backends run far faster than a 3-D convolution whose spatial kernel extent is 1.
-    """
-    kt = kernel.shape[0]
-    steps = x.shape[1] - kt + 1
-    kernel = kernel.astype(x.dtype)
-    out = jnp.einsum("bthwc,cd->bthwd", x[:, 0:steps], kernel[0])
-    for k in range(1, kt):
-        out = out + jnp.einsum("bthwc,cd->bthwd", x[:, k : k + steps], kernel[k])
-    return out
 
 
 _LAPLACE_2D = np.array([[0, -1, 0], [-1, 4, -1], [0, -1, 0]], np.float32)

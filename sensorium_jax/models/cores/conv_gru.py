@@ -25,14 +25,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from sensorium_jax.models.convolution import conv2d, kernel_gradient
 from sensorium_jax.models.layers import xavier_normal
 
 
 def conv_same(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """Zero-padded ("same", odd kernel) 2-D convolution, NHWC input, HWIO kernel."""
-    return jax.lax.conv_general_dilated(
-        x, kernel.astype(x.dtype), (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
-    )
+    return conv2d(x, kernel, padding="SAME")
 
 
 def conv_same_transpose(g: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -42,9 +41,9 @@ def conv_same_transpose(g: jax.Array, kernel: jax.Array) -> jax.Array:
 
 
 def conv_same_kernel_grad(x: jax.Array, g: jax.Array, kernel_shape: tuple[int, ...]) -> jax.Array:
-    """Gradient of ``Σ g · conv_same(x, k)`` with respect to ``k``, over the whole batch at once (XLA's own)."""
-    zeros = jnp.zeros(kernel_shape, x.dtype)
-    return jax.vjp(lambda k: conv_same(x, k), zeros)[1](g)[0]
+    """Gradient of ``Σ g · conv_same(x, k)`` with respect to ``k``, over the whole batch at once."""
+    ph, pw = kernel_shape[0] // 2, kernel_shape[1] // 2
+    return kernel_gradient(jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0))), g, kernel_shape)
 
 
 def _gates(gates: jax.Array, h: jax.Array, gate_kernel, gate_bias, out_kernel, out_bias):

@@ -18,13 +18,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sensorium_jax.models.layers import (
-    conv2d_valid,
-    laplace_l2_norm,
-    laplace_l2_norm_1d,
-    temporal_conv_valid,
-    xavier_normal,
-)
+from sensorium_jax.models.convolution import conv2d, temporal_conv_valid
+from sensorium_jax.models.layers import laplace_l2_norm, laplace_l2_norm_1d, xavier_normal
 
 
 class FactorizedLayer(nnx.Module):
@@ -60,7 +55,7 @@ class FactorizedLayer(nnx.Module):
             image_kernel, constant_kernel = kernel[:, :, :c], kernel[:, :, c:]
         else:
             image_kernel, constant_kernel = kernel, None
-        y = conv2d_valid(x.reshape(b * t, h, w, c), image_kernel, self.stride)
+        y = conv2d(x.reshape(b * t, h, w, c), image_kernel, self.stride)
         y = y.reshape(b, t, *y.shape[1:])
         bias = self.spatial_bias[...].astype(dtype)
         if constant_kernel is not None:

@@ -37,6 +37,7 @@ import numpy as np
 from flax import nnx
 from numpy.polynomial.polynomial import polyval
 
+from sensorium_jax.models.convolution import conv2d
 from sensorium_jax.models.layers import laplace_l2_norm
 
 # ----------------------------------------------------------------------------------------- Hermite basis (numpy)
@@ -168,12 +169,6 @@ class HermiteConv2d(nnx.Module):
         return jnp.stack(filters, axis=3).reshape(*filters[0].shape[:3], -1)
 
 
-def _conv(x: jax.Array, kernel: jax.Array, stride: int, padding: str) -> jax.Array:
-    return jax.lax.conv_general_dilated(
-        x, kernel.astype(x.dtype), (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
-    )
-
-
 class RotationEquivariantBatchNorm(nnx.Module):
     """Batch norm with statistics and affine parameters per feature, shared by its ``R`` rotations."""
 
@@ -245,7 +240,7 @@ class RotationEquivariant2dCore(nnx.Module):
         x = x.astype(self.compute_dtype)
         c = x.shape[-1]
         kernel = self.convs[0].kernel()
-        y = _conv(x, kernel[:, :, :c], self.input_stride, "VALID")
+        y = conv2d(x, kernel[:, :, :c], self.input_stride)
         if self.constant_channels:
             if constants is None:
                 raise ValueError(f"the core was built for {self.constant_channels} constant channels; none given")
@@ -254,7 +249,7 @@ class RotationEquivariant2dCore(nnx.Module):
         last = len(self.norms) - 1
         for index, norm in enumerate(self.norms):
             if index > 0:
-                y = _conv(y, self.convs[index].kernel(), 1, "SAME")
+                y = conv2d(y, self.convs[index].kernel(), 1, "SAME")
             y = norm(y, train)
             if index < last or self.final_nonlinearity:
                 y = jax.nn.elu(y)

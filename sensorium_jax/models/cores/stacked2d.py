@@ -22,7 +22,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sensorium_jax.models.layers import conv2d_valid, laplace_l2_norm, xavier_normal
+from sensorium_jax.models.convolution import conv2d
+from sensorium_jax.models.layers import laplace_l2_norm, xavier_normal
 
 
 def _shifted_depthwise(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -149,7 +150,7 @@ class Stacked2dCore(nnx.Module):
         x = x.astype(self.compute_dtype)
         c = x.shape[-1]
         kernel = self.input_kernel[...]
-        y = conv2d_valid(x, kernel[:, :, :c], self.input_stride)
+        y = conv2d(x, kernel[:, :, :c], self.input_stride)
         if self.constant_channels:
             if constants is None:
                 raise ValueError(f"the core was built for {self.constant_channels} constant channels; none given")
