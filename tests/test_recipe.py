@@ -417,7 +417,7 @@ def test_loop_with_every_switch_and_ema_checkpoint_restores(tiny_sessions, tmp_p
     config.train.loss_last_frames = 6
     config.schedule.kind = "warmup_cosine"
     config.schedule.warmup_steps = 1
-    config.schedule.hold_epochs = 0.0  # (factorized:cpu holds for 4 epochs)
+    config.schedule.hold_epochs = 0.0  # (factorized:cpu holds for 7 of its 36 epochs)
     workdir = tmp_path / "run"
     loading.write_run_info(config, workdir)
     results = train_and_evaluate(config, workdir)

@@ -145,9 +145,12 @@ def test_training_stops_when_the_time_budget_is_spent(tiny_sessions, tmp_path):
     config = tiny_config(",".join(str(p) for p in tiny_sessions))
     config.train.max_epochs = 3
     config.train.time_budget_minutes = 1e-4  # spent by the first epoch
+    config.train.validate_every = 2  # epoch 1 would not be validated, but the budget stops the run there
     results = train_and_evaluate(config, tmp_path / "w")
     assert results["epochs"] == 1
     assert "oracle" in results["overall"]  # the final evaluation still runs
+    validated = [r["epoch"] for r in _records(tmp_path / "w") if "validation_correlation" in r]
+    assert validated == [1] and results["best_epoch"] == 1
 
 
 def test_validate_every_skips_epochs_but_always_validates_the_last(tiny_sessions, tmp_path):

@@ -255,10 +255,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     timer = {"t": time.perf_counter(), "steps": 0, "compiled": False}
     budget = TimeBudget.from_config(config.train, loop.get("train_seconds", 0.0))
     # Validation costs about a fifth of a factorized:cpu epoch; validate_every > 1 spends that on training instead
-    # (the plateau rule's patience then counts validations, not epochs). The last epoch is always validated.
+    # (the plateau rule's patience then counts validations, not epochs). The last epoch is always validated, also
+    # when the time budget ends the run early.
     validate_every = int(config.train.get("validate_every", 1))
     if validate_every < 1:
         raise ValueError(f"config.train.validate_every must be a positive number of epochs, got {validate_every}")
+
+    def validate_epoch(state, step: int):
+        """Score the epoch that just ended, let the schedule act on it, keep the best checkpoint."""
+        objective = validate(predict, state, sessions, **eval_kwargs)
+        action, lr_scale = schedule.update(loop, objective, loop["epoch"], float(state.lr_scale))
+        logging.info(
+            "epoch %d: %s single-trial correlation %.4f (best %.4f at epoch %d) → %s",
+            loop["epoch"],
+            validation_label,
+            objective,
+            loop["best"],
+            loop["best_epoch"],
+            action,
+        )
+        writer.write(step, {"validation_correlation": objective, "epoch": loop["epoch"]})
+        if action == "improved":
+            checkpoints.save_best(step, state, loop)
+        elif action == "decay":
+            state = checkpoints.restore_best(state).replace(lr_scale=jax.numpy.float32(lr_scale))
+            state = jax.device_put(state, replicated)
+            logging.info("plateau: restored the best state (epoch %d), lr × %.2f", loop["best_epoch"], lr_scale)
+        return state
+
     while loop["epoch"] < config.train.max_epochs and not loop["stopped"]:
         for _ in range(steps_per_epoch):
             batch = parallel.to_global(next(iterator), batch_sharding)
@@ -294,25 +318,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
         loop["epoch"] += 1
         step = int(state.step)
-        if loop["epoch"] % validate_every == 0 or loop["epoch"] >= config.train.max_epochs:
-            objective = validate(predict, state, sessions, **eval_kwargs)
-            action, lr_scale = schedule.update(loop, objective, loop["epoch"], float(state.lr_scale))
-            logging.info(
-                "epoch %d: %s single-trial correlation %.4f (best %.4f at epoch %d) → %s",
-                loop["epoch"],
-                validation_label,
-                objective,
-                loop["best"],
-                loop["best_epoch"],
-                action,
-            )
-            writer.write(step, {"validation_correlation": objective, "epoch": loop["epoch"]})
-            if action == "improved":
-                checkpoints.save_best(step, state, loop)
-            elif action == "decay":
-                state = checkpoints.restore_best(state).replace(lr_scale=jax.numpy.float32(lr_scale))
-                state = jax.device_put(state, replicated)
-                logging.info("plateau: restored the best state (epoch %d), lr × %.2f", loop["best_epoch"], lr_scale)
+        validated = loop["epoch"] % validate_every == 0 or loop["epoch"] >= config.train.max_epochs
+        if validated:
+            state = validate_epoch(state, step)
         loop["train_seconds"] = budget.end_epoch()
         if budget.limit_s > 0:
             stop = budget.exhausted()
@@ -325,6 +333,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                 budget.last_epoch_s / 60,
                 " → stop" if stop else "",
             )
+            if stop and not validated:  # the budget ends the run here: score the epoch it trained last
+                state = validate_epoch(state, step)
+                loop["train_seconds"] = budget.end_epoch()
         checkpoints.save_latest(step, state, iterator, loop)
         timer.update(t=time.perf_counter(), steps=0)
 
