@@ -9,8 +9,9 @@ runs near peak. Built for all images at once the patch matrix is K² times the i
 size), so it is built and consumed a cache-sized chunk of images at a time in a ``lax.scan``: 0.28 s for the layer
 above. Other backends keep XLA's own gradient (``lax.platform_dependent``): cuDNN and TPU convolutions are fast.
 
-The temporal convolution (kernel ``(t, 1, 1)``) is the same computation on ``(time, width)`` images, one per
-clip and image row, so it reuses the same kernel gradient.
+The temporal convolution (kernel ``(t, 1, 1)``) runs as a ``(t, 1)`` 2-D convolution over one ``(time, pixel)``
+image per clip (or, for its kernel gradient on large clips, one ``(time, width)`` image per clip and image row), so
+it reuses the same kernel gradient.
 """
 
 from __future__ import annotations
