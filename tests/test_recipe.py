@@ -436,3 +436,13 @@ def test_loop_with_every_switch_and_ema_checkpoint_restores(tiny_sessions, tmp_p
     )
     want = np.asarray(ema_model.predict_mouse(1, videos, behavior, pupil))[..., : session.num_neurons]
     np.testing.assert_allclose(restored.predict("mouse-b", videos, behavior, pupil), want, rtol=1e-6)
+
+
+def test_factorized_cpu_variants_scale_the_schedule_and_widen_the_core():
+    from experiments.configs import factorized
+
+    demo = factorized.get_config("cpu")
+    assert demo.train.max_epochs == 36 and demo.schedule.hold_epochs == 7.0
+    wide = factorized.get_config("cpu,channels=32,epochs=18")
+    assert tuple(wide.model.core.hidden_channels) == (32, 32, 32)
+    assert wide.train.max_epochs == 18 and wide.schedule.hold_epochs == 3.5  # the flat phase keeps its share

@@ -76,6 +76,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # run (the oracle curve creeps up ~0.002 per epoch), and the decay adds ~0.01 at the end (BUILD_NOTES.md).
         c.schedule.kind = "warmup_cosine"
         c.schedule.hold_epochs = 7.0
+    if "channels" in variant:  # e.g. "cpu,channels=32,epochs=36": the in-silico model of BUILD_NOTES.md
+        c.model.core.hidden_channels = (int(variant["channels"]),) * len(c.model.core.hidden_channels)
     if "epochs" in variant:  # a cosine schedule keeps its flat phase's share of the run
         c.schedule.hold_epochs *= int(variant["epochs"]) / c.train.max_epochs
         c.train.max_epochs = int(variant["epochs"])
