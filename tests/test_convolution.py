@@ -42,7 +42,9 @@ def gradients(fn, *args):
 )
 @pytest.mark.parametrize("chunk_bytes", [2**23, 2**12])  # one chunk / many chunks with a zero-padded last one
 def test_conv2d_matches_lax_conv_and_autodiff(shape, kernel_shape, stride, padding, chunk_bytes, monkeypatch):
+    # chunk_bytes bounds both the kernel gradient's patch chunks and the forward's images per call
     monkeypatch.setattr(convolution, "_PATCH_CHUNK_BYTES", chunk_bytes)
+    monkeypatch.setattr(convolution, "_CONV_CHUNK_PATCH_BYTES", chunk_bytes)
     x, kernel = random(shape, 0), random(kernel_shape, 1)
     ours = convolution.conv2d(x, kernel, stride, padding)
     expected = reference_conv(x, kernel, stride, padding)
@@ -56,6 +58,7 @@ def test_conv2d_matches_lax_conv_and_autodiff(shape, kernel_shape, stride, paddi
 @pytest.mark.parametrize("chunk_bytes", [2**23, 2**10])  # (time, pixel) images per clip / rows per clip and row
 def test_temporal_conv_matches_definition_and_autodiff(chunk_bytes, monkeypatch):
     monkeypatch.setattr(convolution, "_PATCH_CHUNK_BYTES", chunk_bytes)
+    monkeypatch.setattr(convolution, "_CONV_CHUNK_PATCH_BYTES", chunk_bytes)
     x, kernel = random((3, 9, 4, 5, 3), 2), random((4, 3, 2), 3)
     out = convolution.temporal_conv_valid(x, kernel)
     chex.assert_shape(out, (3, 6, 4, 5, 2))

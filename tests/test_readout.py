@@ -3,8 +3,10 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
+from sensorium_jax.models.readouts import gaussian
 from sensorium_jax.models.readouts.gaussian import (
     GaussianReadouts,
     bilinear_sample,
@@ -133,9 +135,11 @@ def test_gain_modulator_starts_at_one_and_matches_a_hand_computed_mlp():
         )
 
 
-def test_fused_sample_and_project_matches_autodiff_of_the_plain_form():
+@pytest.mark.parametrize("gather_bytes", [2**26, 300])  # all 3 samples in one chunk / chunks of 2, one padded
+def test_fused_sample_and_project_matches_autodiff_of_the_plain_form(gather_bytes, monkeypatch):
     # The hand-written VJP against automatic differentiation of "sample every channel, then dot": values and all
     # three gradients, with positions inside, on the border and off the map (corners outside contribute zero).
+    monkeypatch.setattr(gaussian, "_GATHER_CHUNK_BYTES", gather_bytes)
     rng = np.random.default_rng(3)
     features = jnp.asarray(rng.normal(size=(3, 5, 7, 4)), jnp.float32)
     grid = jnp.asarray(rng.uniform(-1.2, 1.2, size=(3, 9, 2)), jnp.float32)

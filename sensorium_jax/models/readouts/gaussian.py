@@ -95,20 +95,45 @@ def sample_and_project(features: jax.Array, grid: jax.Array, weights: jax.Array)
     return _sample_and_project_fwd(features, grid, weights)[0]
 
 
+# Samples per chunk: one corner's gather holds (chunk, N, C) values, at most about this many bytes. Whole-trial
+# inference of a reference-size mouse gathers 8 trials × 290 frames × 7,440 neurons × 128 channels (8.8 GB per
+# corner) and ran out of the 24 GB machine's memory in one piece; the `:cpu` configs fit in one chunk.
+_GATHER_CHUNK_BYTES = 64 * 2**20
+
+
+def _sample_chunks(features: jax.Array, neurons: int) -> tuple[int, int]:
+    """``(chunk, count)``: samples per chunk and number of chunks covering ``features``' samples."""
+    s, _, _, c = features.shape
+    chunk = max(1, min(s, _GATHER_CHUNK_BYTES // (neurons * c * features.dtype.itemsize)))
+    return chunk, -(-s // chunk)
+
+
+def _by_chunk(x: jax.Array, chunk: int, count: int) -> jax.Array:
+    """``(S, ...)`` → ``(count, chunk, ...)``, zero-padded: a padded sample reads pixel 0 with weight 0."""
+    x = jnp.pad(x, [(0, chunk * count - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
+    return x.reshape(count, chunk, *x.shape[1:])
+
+
 def _sample_and_project_fwd(features, grid, weights):
     s, h, w, c = features.shape
-    flat = features.reshape(s, h * w, c)
     indices, corner_weights, d_x, d_y = _corner_terms(grid.astype(jnp.float32), h, w)
     weights_t = weights.T.astype(features.dtype)
+    chunk, count = _sample_chunks(features, weights.shape[1])
 
-    # A loop over the four corners (not a Python unroll) so that XLA keeps one (S, N, C) gather alive at a time.
-    def corner(_, index):
-        return None, jnp.einsum(
-            "nsc,nc->sn", _gather_by_neuron(flat, index), weights_t, preferred_element_type=jnp.float32
-        )
+    def samples(_, block):
+        flat, block_indices = block
 
-    _, dots = jax.lax.scan(corner, None, jnp.moveaxis(indices, -1, 0))
-    dots = jnp.moveaxis(dots, 0, -1)  # (S, N, 4)
+        # A loop over the four corners (not a Python unroll) so that XLA keeps one (S, N, C) gather alive at a time.
+        def corner(_, index):
+            gathered = _gather_by_neuron(flat, index)
+            return None, jnp.einsum("nsc,nc->sn", gathered, weights_t, preferred_element_type=jnp.float32)
+
+        _, dots = jax.lax.scan(corner, None, jnp.moveaxis(block_indices, -1, 0))
+        return None, jnp.moveaxis(dots, 0, -1)  # (chunk, N, 4)
+
+    blocks = (_by_chunk(features.reshape(s, h * w, c), chunk, count), _by_chunk(indices, chunk, count))
+    _, dots = jax.lax.scan(samples, None, blocks)
+    dots = dots.reshape(chunk * count, *dots.shape[2:])[:s]  # (S, N, 4)
     out = jnp.sum(corner_weights * dots, axis=-1)
     return out, (features, grid, weights, indices, corner_weights, d_x, d_y, dots)
 
@@ -116,23 +141,36 @@ def _sample_and_project_fwd(features, grid, weights):
 def _sample_and_project_bwd(residuals, g):
     features, grid, weights, indices, corner_weights, d_x, d_y, dots = residuals
     s, h, w, c = features.shape
-    flat = features.reshape(s, h * w, c)
     g_grid = jnp.stack([jnp.sum(d_x * dots, -1), jnp.sum(d_y * dots, -1)], axis=-1) * g[..., None]
     share = (g[..., None] * corner_weights).astype(features.dtype)  # (S, N, 4): each corner's share of ∂out
     weights_t = weights.T.astype(features.dtype)
+    chunk, count = _sample_chunks(features, weights.shape[1])
 
-    def corner(carry, inputs):
-        g_weights, g_flat = carry
-        index, a = inputs  # (S, N) each
-        # ∂weights[c, n] = Σ_s a[s, n] · flat[s, index[s, n], c]
-        g_weights += jnp.einsum("ns,nsc->nc", a.T, _gather_by_neuron(flat, index), preferred_element_type=jnp.float32).T
-        # ∂features: the corner's pixel receives a[s, n] · weights[:, n]
-        g_flat = jax.vmap(lambda acc, i, a_s: acc.at[i].add(a_s[:, None] * weights_t))(g_flat, index, a)
-        return (g_weights, g_flat), None
+    def samples(g_weights, block):
+        flat, block_indices, block_share = block
 
-    init = (jnp.zeros(weights.shape, jnp.float32), jnp.zeros(flat.shape, features.dtype))
-    (g_weights, g_flat), _ = jax.lax.scan(corner, init, (jnp.moveaxis(indices, -1, 0), jnp.moveaxis(share, -1, 0)))
-    return g_flat.reshape(s, h, w, c), g_grid.astype(grid.dtype), g_weights.astype(weights.dtype)
+        def corner(carry, inputs):
+            g_weights, g_flat = carry
+            index, a = inputs  # (chunk, N) each
+            # ∂weights[c, n] = Σ_s a[s, n] · flat[s, index[s, n], c]
+            gathered = _gather_by_neuron(flat, index)
+            g_weights += jnp.einsum("ns,nsc->nc", a.T, gathered, preferred_element_type=jnp.float32).T
+            # ∂features: the corner's pixel receives a[s, n] · weights[:, n]
+            g_flat = jax.vmap(lambda acc, i, a_s: acc.at[i].add(a_s[:, None] * weights_t))(g_flat, index, a)
+            return (g_weights, g_flat), None
+
+        corners = (jnp.moveaxis(block_indices, -1, 0), jnp.moveaxis(block_share, -1, 0))
+        (g_weights, g_flat), _ = jax.lax.scan(corner, (g_weights, jnp.zeros_like(flat)), corners)
+        return g_weights, g_flat
+
+    blocks = (
+        _by_chunk(features.reshape(s, h * w, c), chunk, count),
+        _by_chunk(indices, chunk, count),
+        _by_chunk(share, chunk, count),
+    )
+    g_weights, g_flat = jax.lax.scan(samples, jnp.zeros(weights.shape, jnp.float32), blocks)
+    g_flat = g_flat.reshape(chunk * count, h, w, c)[:s]
+    return g_flat, g_grid.astype(grid.dtype), g_weights.astype(weights.dtype)
 
 
 sample_and_project.defvjp(_sample_and_project_fwd, _sample_and_project_bwd)
