@@ -21,6 +21,8 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
+from sensorium_jax.models.layers import zero_padded_chunks
+
 # Chunks of the patch matrix: about this many bytes, so that it stays in cache between its construction and the
 # GEMM, but at most _MAX_CHUNKS scan steps, whose fixed cost dominates for large images. Measured on the 2-core
 # machine (BUILD_NOTES.md): the `factorized:cpu` core is fastest with 2 MB chunks (15 % over 8 MB); for 480 images
@@ -39,13 +41,21 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: str = "VAL
     kernels, stride 1: zero padding of ``(k − 1) / 2`` on every side, as torch's ``padding=k // 2``)."""
     kernel = kernel.astype(x.dtype)
     if padding == "SAME":
-        if stride != 1 or kernel.shape[0] % 2 == 0 or kernel.shape[1] % 2 == 0:
-            raise ValueError(f"SAME padding needs odd kernels and stride 1, got {kernel.shape[:2]}, stride {stride}")
-        ph, pw = kernel.shape[0] // 2, kernel.shape[1] // 2
-        x = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+        if stride != 1:
+            raise ValueError(f"SAME padding needs stride 1, got stride {stride}")
+        x = pad_same(x, kernel.shape)
     elif padding != "VALID":
         raise ValueError(f"padding must be 'VALID' or 'SAME', got {padding!r}")
     return _conv2d_valid(x, kernel, stride)
+
+
+def pad_same(x: jax.Array, kernel_shape: tuple[int, ...]) -> jax.Array:
+    """Zero-pad NHWC ``x`` by ``(k − 1) / 2`` on every side, so that an unpadded convolution with an odd HWIO kernel of
+    ``kernel_shape`` keeps the image size."""
+    kh, kw = kernel_shape[:2]
+    if kh % 2 == 0 or kw % 2 == 0:
+        raise ValueError(f"SAME padding needs odd kernels, got {(kh, kw)}")
+    return jnp.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
 
 
 def temporal_conv_valid(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -84,10 +94,8 @@ def _chunked_conv(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
     chunk = max(1, _CONV_CHUNK_PATCH_BYTES // per_image)
     if chunk >= n:
         return _lax_conv(x, kernel, stride)
-    count = -(-n // chunk)
-    blocks = jnp.pad(x, ((0, count * chunk - n), (0, 0), (0, 0), (0, 0))).reshape(count, chunk, h, w, x.shape[-1])
-    y = jax.lax.map(lambda block: _lax_conv(block, kernel, stride), blocks)
-    return y.reshape(count * chunk, *y.shape[2:])[:n]
+    y = jax.lax.map(lambda block: _lax_conv(block, kernel, stride), zero_padded_chunks(x, chunk))
+    return y.reshape(-1, *y.shape[2:])[:n]
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -135,10 +143,9 @@ def _patch_kernel_gradient(x: jax.Array, dy: jax.Array, kernel_shape: tuple[int,
     columns = kh * kw * c
     chunk = max(1, _PATCH_CHUNK_BYTES // (ho * wo * columns * x.dtype.itemsize), -(-n // _MAX_CHUNKS))
     chunk = min(n, chunk)
-    chunks = -(-n // chunk)
-    pad = chunks * chunk - n  # zero images add nothing to the sum
-    x = jnp.pad(x, ((0, pad), (0, 0), (0, 0), (0, 0))).reshape(chunks, chunk, *x.shape[1:])
-    dy = jnp.pad(dy, ((0, pad), (0, 0), (0, 0), (0, 0))).reshape(chunks, chunk * ho * wo, o)
+    # zero images add nothing to the sum
+    x = zero_padded_chunks(x, chunk)
+    dy = zero_padded_chunks(dy, chunk).reshape(x.shape[0], chunk * ho * wo, o)
     reach_h, reach_w = stride * (ho - 1) + 1, stride * (wo - 1) + 1
 
     def accumulate(total: jax.Array, block: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, None]:

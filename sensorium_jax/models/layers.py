@@ -27,6 +27,14 @@ def torch_linear_init(key: jax.Array, shape: tuple[int, ...], fan_in: int) -> ja
     return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
 
 
+def zero_padded_chunks(x: jax.Array, chunk: int) -> jax.Array:
+    """``(S, ...)`` → ``(⌈S / chunk⌉, chunk, ...)``, zero-padded at the end: for ``lax.scan``/``lax.map`` over chunks
+    whose padded rows add nothing (zero images, zero-weight samples). Callers cut outputs back to ``S``."""
+    count = -(-x.shape[0] // chunk)
+    x = jnp.pad(x, [(0, count * chunk - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
+    return x.reshape(count, chunk, *x.shape[1:])
+
+
 _LAPLACE_2D = np.array([[0, -1, 0], [-1, 4, -1], [0, -1, 0]], np.float32)
 _LAPLACE_1D = np.array([-1, 4, -1], np.float32)
 

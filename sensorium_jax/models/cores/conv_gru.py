@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sensorium_jax.models.convolution import conv2d, kernel_gradient
+from sensorium_jax.models.convolution import conv2d, kernel_gradient, pad_same
 from sensorium_jax.models.layers import xavier_normal
 
 
@@ -42,8 +42,7 @@ def conv_same_transpose(g: jax.Array, kernel: jax.Array) -> jax.Array:
 
 def conv_same_kernel_grad(x: jax.Array, g: jax.Array, kernel_shape: tuple[int, ...]) -> jax.Array:
     """Gradient of ``Σ g · conv_same(x, k)`` with respect to ``k``, over the whole batch at once."""
-    ph, pw = kernel_shape[0] // 2, kernel_shape[1] // 2
-    return kernel_gradient(jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0))), g, kernel_shape)
+    return kernel_gradient(pad_same(x, kernel_shape), g, kernel_shape)
 
 
 def _gates(gates: jax.Array, h: jax.Array, gate_kernel, gate_bias, out_kernel, out_bias):

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sensorium_jax.models.layers import Constant, torch_linear_init
+from sensorium_jax.models.layers import Constant, torch_linear_init, zero_padded_chunks
 
 
 def normalise_positions(coordinates: np.ndarray) -> np.ndarray:
@@ -101,24 +101,16 @@ def sample_and_project(features: jax.Array, grid: jax.Array, weights: jax.Array)
 _GATHER_CHUNK_BYTES = 64 * 2**20
 
 
-def _sample_chunks(features: jax.Array, neurons: int) -> tuple[int, int]:
-    """``(chunk, count)``: samples per chunk and number of chunks covering ``features``' samples."""
+def _samples_per_chunk(features: jax.Array, neurons: int) -> int:
     s, _, _, c = features.shape
-    chunk = max(1, min(s, _GATHER_CHUNK_BYTES // (neurons * c * features.dtype.itemsize)))
-    return chunk, -(-s // chunk)
-
-
-def _by_chunk(x: jax.Array, chunk: int, count: int) -> jax.Array:
-    """``(S, ...)`` → ``(count, chunk, ...)``, zero-padded: a padded sample reads pixel 0 with weight 0."""
-    x = jnp.pad(x, [(0, chunk * count - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
-    return x.reshape(count, chunk, *x.shape[1:])
+    return max(1, min(s, _GATHER_CHUNK_BYTES // (neurons * c * features.dtype.itemsize)))
 
 
 def _sample_and_project_fwd(features, grid, weights):
     s, h, w, c = features.shape
     indices, corner_weights, d_x, d_y = _corner_terms(grid.astype(jnp.float32), h, w)
     weights_t = weights.T.astype(features.dtype)
-    chunk, count = _sample_chunks(features, weights.shape[1])
+    chunk = _samples_per_chunk(features, weights.shape[1])
 
     def samples(_, block):
         flat, block_indices = block
@@ -131,9 +123,10 @@ def _sample_and_project_fwd(features, grid, weights):
         _, dots = jax.lax.scan(corner, None, jnp.moveaxis(block_indices, -1, 0))
         return None, jnp.moveaxis(dots, 0, -1)  # (chunk, N, 4)
 
-    blocks = (_by_chunk(features.reshape(s, h * w, c), chunk, count), _by_chunk(indices, chunk, count))
+    # zero-padded samples read pixel 0 with weight 0
+    blocks = (zero_padded_chunks(features.reshape(s, h * w, c), chunk), zero_padded_chunks(indices, chunk))
     _, dots = jax.lax.scan(samples, None, blocks)
-    dots = dots.reshape(chunk * count, *dots.shape[2:])[:s]  # (S, N, 4)
+    dots = dots.reshape(-1, *dots.shape[2:])[:s]  # (S, N, 4)
     out = jnp.sum(corner_weights * dots, axis=-1)
     return out, (features, grid, weights, indices, corner_weights, d_x, d_y, dots)
 
@@ -144,7 +137,7 @@ def _sample_and_project_bwd(residuals, g):
     g_grid = jnp.stack([jnp.sum(d_x * dots, -1), jnp.sum(d_y * dots, -1)], axis=-1) * g[..., None]
     share = (g[..., None] * corner_weights).astype(features.dtype)  # (S, N, 4): each corner's share of ∂out
     weights_t = weights.T.astype(features.dtype)
-    chunk, count = _sample_chunks(features, weights.shape[1])
+    chunk = _samples_per_chunk(features, weights.shape[1])
 
     def samples(g_weights, block):
         flat, block_indices, block_share = block
@@ -164,12 +157,12 @@ def _sample_and_project_bwd(residuals, g):
         return g_weights, g_flat
 
     blocks = (
-        _by_chunk(features.reshape(s, h * w, c), chunk, count),
-        _by_chunk(indices, chunk, count),
-        _by_chunk(share, chunk, count),
+        zero_padded_chunks(features.reshape(s, h * w, c), chunk),
+        zero_padded_chunks(indices, chunk),
+        zero_padded_chunks(share, chunk),
     )
     g_weights, g_flat = jax.lax.scan(samples, jnp.zeros(weights.shape, jnp.float32), blocks)
-    g_flat = g_flat.reshape(chunk * count, h, w, c)[:s]
+    g_flat = g_flat.reshape(-1, h, w, c)[:s]
     return g_flat, g_grid.astype(grid.dtype), g_weights.astype(weights.dtype)
 
 
