@@ -4,6 +4,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from sensorium_jax.models.cores.factorized import Factorized3dCore
@@ -32,9 +33,13 @@ def test_causal_in_time():
     assert not np.allclose(np.asarray(a[:, -1]), np.asarray(b[:, -1]))
 
 
-def test_constant_channels_equal_a_full_convolution():
-    """Adding constant channels after a 1-channel conv equals convolving the broadcast 3-channel input."""
-    core = Factorized3dCore(hidden_channels=(3,), spatial_kernels=(5,), temporal_kernels=(2,), rngs=nnx.Rngs(1))
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_constant_channels_equal_a_full_convolution(padding):
+    """Adding constant channels after a 1-channel conv (or, zero-padded, convolving them) equals convolving the
+    broadcast 3-channel input."""
+    core = Factorized3dCore(
+        hidden_channels=(3,), spatial_kernels=(5,), temporal_kernels=(2,), spatial_padding=(padding,), rngs=nnx.Rngs(1)
+    )
     key1, key2 = jax.random.split(jax.random.key(0))
     video = jax.random.normal(key1, (2, 6, 36, 64))
     behavior = jax.random.normal(key2, (2, 6, 2))
@@ -42,14 +47,15 @@ def test_constant_channels_equal_a_full_convolution():
     full_input = jnp.concatenate(
         [video[..., None], jnp.broadcast_to(behavior[:, :, None, None, :], (2, 6, 36, 64, 2))], -1
     )
+    h, w = (32, 60) if padding == "valid" else (36, 64)
     spatial = (
         jax.lax.conv_general_dilated(
             full_input.reshape(12, 36, 64, 3),
             layer.spatial[...],
             (1, 1),
-            "VALID",
+            "VALID" if padding == "valid" else ((2, 2), (2, 2)),
             dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        ).reshape(2, 6, 32, 60, 3)
+        ).reshape(2, 6, h, w, 3)
         + layer.spatial_bias[...]
     )
     temporal = jnp.einsum("bthwc,cd->bthwd", spatial[:, :-1], layer.temporal[...][0]) + jnp.einsum(
@@ -61,6 +67,25 @@ def test_constant_channels_equal_a_full_convolution():
         + layer.norm.bias[...]
     )
     np.testing.assert_allclose(np.asarray(core(video, behavior, train=False)), np.asarray(expected), atol=1e-4)
+
+
+def test_same_padding_keeps_the_map_after_a_strided_first_layer():
+    """The in-silico variant: an unpadded stride-2 first layer, then "same" layers keep its 14 × 28 map."""
+    core = Factorized3dCore(
+        image_channels=1,
+        constant_channels=0,
+        hidden_channels=(2, 2, 2),
+        spatial_kernels=(9, 5, 5),
+        temporal_kernels=(3, 3, 3),
+        spatial_strides=(2, 1, 1),
+        spatial_padding=("valid", "same", "same"),
+        rngs=nnx.Rngs(0),
+    )
+    chex.assert_shape(core(jnp.zeros((1, 10, 36, 64)), None, train=False), (1, 4, 14, 28, 2))
+    with pytest.raises(ValueError, match="layer 0: spatial_padding 'SAME' with stride 2"):
+        Factorized3dCore(spatial_strides=(2, 1, 1), spatial_padding=("same", "same", "same"), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="one entry per layer"):
+        Factorized3dCore(spatial_padding=("valid",), rngs=nnx.Rngs(0))
 
 
 def test_batch_norm_momentum_follows_torch_convention():

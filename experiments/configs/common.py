@@ -30,6 +30,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.core_lr = 0.0  # 0: same as lr
     c.optim.core_weight_decay = None
     c.optim.shifter_lr = 0.0  # 0: same as lr (the readouts')
+    c.optim.position_lr = 0.0  # 0: same as lr (the readouts'); the readout positions' own lr (training/step.py)
+    c.optim.decay_positions = True  # False: no weight decay on the readout positions (training/step.py)
     c.optim.clip_grad_norm = 0.0
     c.optim.accumulate_steps = 1  # > 1: the batch is split into this many micro-batches, gradients summed
 

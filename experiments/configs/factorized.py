@@ -21,6 +21,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             spatial_kernels=(11, 5, 5),
             temporal_kernels=(11, 5, 5),
             spatial_strides=(1, 1, 1),
+            spatial_padding=("valid", "valid", "valid"),  # the reference pads neither space nor time
             bn_momentum=0.7,
             gamma_input_spatial=10.0,
             gamma_input_temporal=0.01,
@@ -55,6 +56,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.model.core.spatial_strides = (2, 1, 1)
         c.model.readout.init_sigma = 0.1
         c.model.readout.grid_mean_predictor = False
+        c.model.readout.init_positions = "random"
         # Behaviour as a multiplicative gain per neuron instead of constant core channels: with the channels the
         # core learned nothing but the behaviour gain in the CPU budget (oracle correlation to average 0.01 after
         # 100 steps); with the modulator it learns the stimulus (0.24 after 200 steps). BUILD_NOTES.md has the probes.
@@ -76,6 +78,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # run (the oracle curve creeps up ~0.002 per epoch), and the decay adds ~0.01 at the end (BUILD_NOTES.md).
         c.schedule.kind = "warmup_cosine"
         c.schedule.hold_epochs = 7.0
+    if "rf_init" in variant:  # e.g. "cpu,channels=32,rf_init": the in-silico model of BUILD_NOTES.md
+        # Free positions start at each neuron's receptive field, estimated from the data (data/rf_estimate.py), and
+        # move at a tenth of the readout lr without weight decay: at the readout's lr they random-walked away from
+        # any start and weight decay squeezed them towards the map's centre, while the core learned displaced
+        # features to reach the neurons (BUILD_NOTES.md, in-silico section).
+        c.model.readout.init_positions = "receptive_fields"
+        c.optim.position_lr = 0.1 * c.optim.lr
+        c.optim.decay_positions = False
+    if "same" in variant:  # e.g. "cpu,channels=32,same": the in-silico model of BUILD_NOTES.md
+        # Layers after the first keep their map's size, so the readout's grid spans every receptive field: the
+        # cpu core's unpadded 6 × 20 map covers only screen rows 12–22 (centres lie in 8–28), and neurons outside
+        # it were reached through features displaced by several pixels (BUILD_NOTES.md, in-silico section).
+        c.model.core.spatial_padding = ("valid",) + ("same",) * (len(c.model.core.hidden_channels) - 1)
     if "channels" in variant:  # e.g. "cpu,channels=32,epochs=36": the in-silico model of BUILD_NOTES.md
         c.model.core.hidden_channels = (int(variant["channels"]),) * len(c.model.core.hidden_channels)
     if "epochs" in variant:  # a cosine schedule keeps its flat phase's share of the run

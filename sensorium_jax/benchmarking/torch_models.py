@@ -44,6 +44,7 @@ class TorchFactorized3dCore(nn.Module):
         spatial_kernels: Sequence[int],
         temporal_kernels: Sequence[int],
         spatial_strides: Sequence[int] | None = None,
+        spatial_padding: Sequence[str] | None = None,
         bn_momentum: float = 0.7,
         gamma_input_spatial: float = 10.0,
         gamma_input_temporal: float = 0.01,
@@ -51,10 +52,12 @@ class TorchFactorized3dCore(nn.Module):
     ):
         super().__init__()
         strides = spatial_strides or [1] * len(hidden_channels)
+        paddings = spatial_padding or ["valid"] * len(hidden_channels)
         layers = []
         c_in = in_channels
-        for c, k, t, s in zip(hidden_channels, spatial_kernels, temporal_kernels, strides):
-            spatial = nn.Conv3d(c_in, c, (1, k, k), stride=(1, s, s))
+        for c, k, t, s, p in zip(hidden_channels, spatial_kernels, temporal_kernels, strides, paddings):
+            pad = k // 2 if p.lower() == "same" else 0
+            spatial = nn.Conv3d(c_in, c, (1, k, k), stride=(1, s, s), padding=(0, pad, pad))
             temporal = nn.Conv3d(c, c, (t, 1, 1))
             for conv in (spatial, temporal):
                 nn.init.xavier_normal_(conv.weight)

@@ -119,7 +119,8 @@ def has_peer(config: ml_collections.ConfigDict) -> bool:
     return core is not None and core.get("name") in PEER_CORES
 
 
-def _constant_channels(config: ml_collections.ConfigDict, static: bool) -> int:
+def constant_channels(config: ml_collections.ConfigDict, static: bool) -> int:
+    """Behaviour (and pupil-centre) channels the config's core takes besides the image."""
     model = config.model
     if static:
         return fake_inputs.STATIC_BEHAVIOR_CHANNELS if model.behavior_channels else 0
@@ -133,7 +134,7 @@ def build_core(config: ml_collections.ConfigDict, np_layers: types.SimpleNamespa
     static = fake_inputs.is_static(config)
     core_config = dict(config.model.core)
     name = core_config.pop("name")
-    in_channels = 1 + _constant_channels(config, static)
+    in_channels = 1 + constant_channels(config, static)
     if name == "factorized":
         return torch_models.TorchFactorized3dCore(in_channels, **core_config), False, "Factorized3dCore (ours, torch)"
     if name == "viv1t":
@@ -227,7 +228,7 @@ def build_model(config: ml_collections.ConfigDict, mice: MiceInfo, np_layers: ty
 
     static = fake_inputs.is_static(config)
     core, core_is_2d, description = build_core(config, np_layers)
-    in_channels = 1 + _constant_channels(config, static)
+    in_channels = 1 + constant_channels(config, static)
     channels, height, width = _feature_shape(core, core_is_2d, in_channels, getattr(core, "burn_in", 0) + 1)
     readout_config = dict(config.model.readout)
     readouts = []

@@ -35,6 +35,17 @@ def zero_padded_chunks(x: jax.Array, chunk: int) -> jax.Array:
     return x.reshape(count, chunk, *x.shape[1:])
 
 
+def window_centres(positions: np.ndarray, kernel: int, stride: int = 1) -> np.ndarray:
+    """Centres of the windows an unpadded (VALID) convolution or patching of ``kernel`` taps at ``stride`` takes
+    along an axis whose samples lie at ``positions``: where each output cell sits on the input."""
+    positions = np.asarray(positions, np.float64)
+    count = (len(positions) - kernel) // stride + 1
+    if count < 1:
+        raise ValueError(f"an axis of {len(positions)} samples is shorter than the kernel {kernel}")
+    starts = np.arange(count) * stride
+    return 0.5 * (positions[starts] + positions[starts + kernel - 1])
+
+
 _LAPLACE_2D = np.array([[0, -1, 0], [-1, 4, -1], [0, -1, 0]], np.float32)
 _LAPLACE_1D = np.array([-1, 4, -1], np.float32)
 

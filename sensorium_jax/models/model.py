@@ -27,6 +27,7 @@ from sensorium_jax.models.cores import CORES
 from sensorium_jax.models.layers import elu_plus_one
 from sensorium_jax.models.readouts import GaussianReadouts
 from sensorium_jax.models.readouts.behavior_encoder import BehaviorEncoders
+from sensorium_jax.models.readouts.gaussian import pixels_to_grid
 from sensorium_jax.models.readouts.modulator import GainModulators
 from sensorium_jax.models.shifter import MLPShifters
 
@@ -40,6 +41,10 @@ class MiceInfo:
     names: tuple[str, ...]
     coordinates: tuple[np.ndarray, ...]  # (N_m, 3) cortical positions
     mean_responses: tuple[np.ndarray, ...]  # (N_m,) normalised, initialises the readout biases
+    # (N_m, 2) estimated receptive-field centres in pixels (x, y) of ``image_size`` frames (data/rf_estimate.py):
+    # start the readout positions there when ``readout.init_positions = "receptive_fields"``
+    rf_centres: tuple[np.ndarray, ...] | None = None
+    image_size: tuple[int, int] | None = None
 
     @property
     def num_neurons(self) -> tuple[int, ...]:
@@ -58,6 +63,33 @@ class MiceInfo:
         )
 
 
+def initial_positions(core: nnx.Module, mice: MiceInfo, kind: str, readout: dict) -> list[np.ndarray] | None:
+    """Readout positions to start from, per mouse ``(N_m, 2)`` in grid units, or None (the readout's random init).
+
+    ``kind`` "random", or "receptive_fields": each neuron at its estimated receptive-field centre, carried onto the
+    core's feature map through the core's ``feature_pixels`` (where each output cell's centre lies on the image).
+    Without estimates in ``mice`` (a model rebuilt only to restore a checkpoint) the random init is used.
+    """
+    if kind not in ("random", "receptive_fields"):
+        raise ValueError(f"readout.init_positions {kind!r}: one of 'random', 'receptive_fields'")
+    if kind == "random":
+        return None
+    if readout.get("grid_mean_predictor", True):
+        raise ValueError(
+            "readout.init_positions='receptive_fields' sets free per-neuron positions: it needs "
+            "readout.grid_mean_predictor=False"
+        )
+    if not hasattr(core, "feature_pixels"):
+        raise ValueError(
+            f"readout.init_positions='receptive_fields': the {type(core).__name__} core does not say where its "
+            "feature map lies on the image (feature_pixels); use init_positions='random'"
+        )
+    if mice.rf_centres is None or mice.image_size is None:
+        return None
+    rows, cols = core.feature_pixels(mice.image_size)
+    return [pixels_to_grid(centres, rows, cols) for centres in mice.rf_centres]
+
+
 class VideoModel(nnx.Module):
     def __init__(self, config: ml_collections.ConfigDict, mice: MiceInfo, *, rngs: nnx.Rngs):
         core_config = dict(config.core)
@@ -71,11 +103,13 @@ class VideoModel(nnx.Module):
         core_arguments = inspect.signature(type(self.core).__call__).parameters
         self.core_takes_key = "key" in core_arguments
         self.core_takes_lengths = "lengths" in core_arguments
+        readout = dict(config.readout)
         self.readouts = GaussianReadouts(
             mice.coordinates,
             self.core.out_channels,
             mean_responses=mice.mean_responses,
-            **dict(config.readout),
+            initial_positions=initial_positions(self.core, mice, readout.pop("init_positions", "random"), readout),
+            **readout,
             rngs=rngs,
         )
         self.shifters = MLPShifters(len(mice.names), **dict(config.shifter), rngs=rngs) if config.use_shifter else None

@@ -21,6 +21,7 @@ with FEVE). Both share the train step, the loss, the optimiser, the schedule, ch
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -36,7 +37,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from sensorium_jax import parallel
-from sensorium_jax.data import layout, pipeline
+from sensorium_jax.data import layout, pipeline, rf_estimate
 from sensorium_jax.data.reader import Session, open_sessions
 from sensorium_jax.data.static_reader import STATIC_EVALUATION_TIERS, StaticSession, open_static_sessions
 from sensorium_jax.evaluation import evaluate as evaluation
@@ -100,10 +101,12 @@ def load_static_sessions(config: ml_collections.ConfigDict) -> tuple[list[Static
 
 def one_more_mouse(mice: MiceInfo) -> MiceInfo:
     """``mice`` plus a copy of the last mouse: building the model for it shows which leaves are per-mouse."""
-    return MiceInfo(
+    return dataclasses.replace(
+        mice,
         names=(*mice.names, f"{mice.names[-1]}+1"),
         coordinates=(*mice.coordinates, mice.coordinates[-1]),
         mean_responses=(*mice.mean_responses, mice.mean_responses[-1]),
+        rf_centres=None if mice.rf_centres is None else (*mice.rf_centres, mice.rf_centres[-1]),
     )
 
 
@@ -172,6 +175,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     batch_size = config.data.batch_size
     pipeline.check_divisibility(batch_size, jax.process_count(), mesh.size)
     mice = MiceInfo.from_sessions(sessions)
+    if not static and config.model.get("readout", {}).get("init_positions", "random") == "receptive_fields":
+        estimates = rf_estimate.estimate_all(sessions)
+        mice = dataclasses.replace(
+            mice, rf_centres=tuple(e.centres for e in estimates), image_size=estimates[0].image_size
+        )
     model = build_model(config.model, mice, task=config.get("task", "video"), seed=config.seed)
     logging.info(
         "model: %s core, %d parameters (%d mice, %d neurons), burn-in %d frames",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -61,17 +62,34 @@ def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.State, nnx.State, 
     return graphdef, params, batch_stats, constants
 
 
-def param_labels(params: nnx.State, separate_shifter: bool = False) -> nnx.State:
+def param_labels(params: nnx.State, separate_shifter: bool = False, separate_positions: bool = False) -> nnx.State:
     """'core' for the core's parameters, 'rest' for readouts and shifters (separate lr / weight decay); with
-    ``separate_shifter`` the shifters get a group of their own ('shifter')."""
+    ``separate_shifter`` the shifters get a group of their own ('shifter'), with ``separate_positions`` the
+    readout positions ('positions')."""
 
     def label(path, _) -> str:
         top = getattr(path[0], "key", None)
         if top == "core":
             return "core"
+        if separate_positions and is_readout_position(path):
+            return "positions"
         return "shifter" if separate_shifter and top == "shifters" else "rest"
 
     return jax.tree_util.tree_map_with_path(label, params)
+
+
+#: Readout parameters that place the neurons on the feature map (free positions or the cortex → grid MLP).
+POSITION_PARAMS = ("mu", "grid_w1", "grid_b1", "grid_w2", "grid_b2")
+
+
+def is_readout_position(path: tuple) -> bool:
+    keys = [getattr(entry, "key", None) for entry in path]
+    return "readouts" in keys and any(key in POSITION_PARAMS for key in keys)
+
+
+def decay_all_but_positions(params: Any) -> Any:
+    """Weight-decay mask: every parameter but the readout positions."""
+    return jax.tree_util.tree_map_with_path(lambda path, _: not is_readout_position(path), params)
 
 
 def make_optimizer(config: ml_collections.ConfigDict, params: nnx.State) -> optax.GradientTransformation:
@@ -80,18 +98,35 @@ def make_optimizer(config: ml_collections.ConfigDict, params: nnx.State) -> opta
 
     ``shifter_lr``: the pupil-centre shifter moves every readout position of a mouse at once; at the readout lr
     of the short CPU recipes it overshoots and the positions never settle (BUILD_NOTES.md), so it may learn slower.
+
+    ``position_lr`` (0: the readouts' lr): the readout positions' own lr. Adam moves every parameter by about its
+    lr per step whatever the gradient's size, and a position far from its neuron's receptive field gets gradients
+    that are mostly noise, so at the CPU recipes' readout lr of 0.05 positions random-walked across the map
+    (BUILD_NOTES.md, in-silico section).
+
+    ``decay_positions`` (default True, as the reference's AdamW decays every parameter): False exempts the readout
+    positions. Decay pulls every position towards the map's centre by ``lr · weight_decay`` of itself per step; at
+    the CPU recipes' readout lr of 0.05 that is a factor 0.4 over their 1,800 steps, which squeezed the positions
+    into the middle of the map while the core learned displaced features to reach the outer neurons
+    (BUILD_NOTES.md, in-silico section). At the reference's lr of 0.005 the same pull is ten times weaker.
     """
 
-    def adamw(lr: float, wd: float) -> optax.GradientTransformation:
-        return optax.adamw(lr, b1=0.9, b2=0.999, eps=1e-8, weight_decay=wd)
+    def adamw(lr: float, wd: float, mask: Any = None) -> optax.GradientTransformation:
+        return optax.adamw(lr, b1=0.9, b2=0.999, eps=1e-8, weight_decay=wd, mask=mask)
 
     core_lr = config.get("core_lr") or config.lr
     core_wd = config.weight_decay if config.get("core_weight_decay") is None else config.core_weight_decay
     shifter_lr = config.get("shifter_lr") or 0.0
-    groups = {"core": adamw(core_lr, core_wd), "rest": adamw(config.lr, config.weight_decay)}
+    position_lr = config.get("position_lr") or 0.0
+    decay_positions = config.get("decay_positions", True)
+    rest_mask = None if decay_positions else decay_all_but_positions
+    groups = {"core": adamw(core_lr, core_wd), "rest": adamw(config.lr, config.weight_decay, rest_mask)}
     if shifter_lr:
         groups["shifter"] = adamw(shifter_lr, config.weight_decay)
-    tx = optax.multi_transform(groups, param_labels(params, separate_shifter=bool(shifter_lr)))
+    if position_lr:
+        groups["positions"] = adamw(position_lr, config.weight_decay if decay_positions else 0.0)
+    labels = param_labels(params, separate_shifter=bool(shifter_lr), separate_positions=bool(position_lr))
+    tx = optax.multi_transform(groups, labels)
     if config.get("clip_grad_norm"):
         tx = optax.chain(optax.clip_by_global_norm(config.clip_grad_norm), tx)
     return tx

@@ -1,7 +1,8 @@
 """``Factorized3dCore``: the SENSORIUM 2023 factorised baseline core (neuralpredictors ``Factorized3dCore``).
 
-Per layer: spatial conv (1, k, k) → temporal conv (t, 1, 1) (C → C) → BatchNorm → ELU; no padding in space or
-time, so the core is causal and its output starts ``burn_in = Σ (t_l − 1)`` frames after the input. Smoothness
+Per layer: spatial conv (1, k, k) → temporal conv (t, 1, 1) (C → C) → BatchNorm → ELU; no padding in time, so
+the core is causal and its output starts ``burn_in = Σ (t_l − 1)`` frames after the input; no padding in space
+either, as the reference, unless a layer's ``spatial_padding`` is "same" (zero padding ``k // 2``). Smoothness
 of the first layer's filters is encouraged by the normalised Laplace regularisers.
 
 Input: ``video (B, T, H, W)`` and ``constant_channels (B, T, K)`` — the behaviour channels, which the reference
@@ -16,10 +17,11 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from sensorium_jax.models.convolution import conv2d, temporal_conv_valid
-from sensorium_jax.models.layers import laplace_l2_norm, laplace_l2_norm_1d, xavier_normal
+from sensorium_jax.models.layers import laplace_l2_norm, laplace_l2_norm_1d, window_centres, xavier_normal
 
 
 class FactorizedLayer(nnx.Module):
@@ -31,11 +33,14 @@ class FactorizedLayer(nnx.Module):
         temporal_kernel: int,
         bn_momentum: float,
         stride: int = 1,
+        padding: str = "VALID",
         *,
         rngs: nnx.Rngs,
     ):
         k, kt = spatial_kernel, temporal_kernel
+        self.kernel_size = k
         self.stride = stride
+        self.padding = padding
         self.spatial = nnx.Param(
             xavier_normal(rngs.params(), (k, k, in_channels, out_channels), in_channels * k * k, out_channels * k * k)
         )
@@ -51,11 +56,16 @@ class FactorizedLayer(nnx.Module):
         b, t, h, w, c = x.shape
         kernel = self.spatial[...]
         dtype = x.dtype
+        if constant is not None and self.padding == "SAME":  # zero padding makes constants vary near the edges
+            x = jnp.concatenate(
+                [x, jnp.broadcast_to(constant[:, :, None, None].astype(dtype), (b, t, h, w, constant.shape[-1]))], -1
+            )
+            c, constant = x.shape[-1], None
         if constant is not None:  # x holds the image channels only; the rest of the kernel sees constants
             image_kernel, constant_kernel = kernel[:, :, :c], kernel[:, :, c:]
         else:
             image_kernel, constant_kernel = kernel, None
-        y = conv2d(x.reshape(b * t, h, w, c), image_kernel, self.stride)
+        y = conv2d(x.reshape(b * t, h, w, c), image_kernel, self.stride, self.padding)
         y = y.reshape(b, t, *y.shape[1:])
         bias = self.spatial_bias[...].astype(dtype)
         if constant_kernel is not None:
@@ -82,6 +92,7 @@ class Factorized3dCore(nnx.Module):
         spatial_kernels: Sequence[int] = (11, 5, 5),
         temporal_kernels: Sequence[int] = (11, 5, 5),
         spatial_strides: Sequence[int] | None = None,
+        spatial_padding: Sequence[str] | None = None,
         bn_momentum: float = 0.7,
         gamma_input_spatial: float = 10.0,
         gamma_input_temporal: float = 0.01,
@@ -90,10 +101,17 @@ class Factorized3dCore(nnx.Module):
         rngs: nnx.Rngs,
     ):
         strides = spatial_strides or [1] * len(hidden_channels)
-        if not len(hidden_channels) == len(spatial_kernels) == len(temporal_kernels) == len(strides):
+        paddings = [p.upper() for p in spatial_padding or ["VALID"] * len(hidden_channels)]
+        if not len(hidden_channels) == len(spatial_kernels) == len(temporal_kernels) == len(strides) == len(paddings):
             raise ValueError(
-                "hidden_channels, spatial_kernels, temporal_kernels and spatial_strides need one entry per layer"
+                "hidden_channels, spatial_kernels, temporal_kernels, spatial_strides and spatial_padding need one "
+                "entry per layer"
             )
+        for index, (padding, stride) in enumerate(zip(paddings, strides, strict=True)):
+            if padding not in ("VALID", "SAME") or (padding == "SAME" and stride != 1):
+                raise ValueError(
+                    f"layer {index}: spatial_padding {padding!r} with stride {stride}; 'valid', or 'same' at stride 1"
+                )
         self.image_channels = image_channels
         self.constant_channels = constant_channels
         self.gamma_input_spatial = gamma_input_spatial
@@ -102,9 +120,9 @@ class Factorized3dCore(nnx.Module):
         inputs = [image_channels + constant_channels, *hidden_channels[:-1]]
         self.layers = nnx.List(
             [
-                FactorizedLayer(i, o, k, t, bn_momentum, s, rngs=rngs)
-                for i, o, k, t, s in zip(
-                    inputs, hidden_channels, spatial_kernels, temporal_kernels, strides, strict=True
+                FactorizedLayer(i, o, k, t, bn_momentum, s, p, rngs=rngs)
+                for i, o, k, t, s, p in zip(
+                    inputs, hidden_channels, spatial_kernels, temporal_kernels, strides, paddings, strict=True
                 )
             ]
         )
@@ -120,6 +138,16 @@ class Factorized3dCore(nnx.Module):
         for index, layer in enumerate(self.layers):
             x = layer(x, constants if index == 0 else None, train)
         return x
+
+    def feature_pixels(self, image_size: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Pixel rows ``(H',)`` and columns ``(W',)`` on which the output cells of ``image_size`` frames are
+        centred ("same" layers keep their input's grid)."""
+        rows, cols = (np.arange(n, dtype=np.float64) for n in image_size)
+        for layer in self.layers:
+            if layer.padding == "VALID":
+                rows = window_centres(rows, layer.kernel_size, layer.stride)
+                cols = window_centres(cols, layer.kernel_size, layer.stride)
+        return rows, cols
 
     def regularizer(self) -> jax.Array:
         first = self.layers[0]

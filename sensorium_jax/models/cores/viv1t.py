@@ -39,9 +39,10 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
-from sensorium_jax.models.layers import torch_linear_init
+from sensorium_jax.models.layers import torch_linear_init, window_centres
 
 AttentionImplementation = Literal["auto", "xla", "cudnn"] | None
 LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default
@@ -457,6 +458,12 @@ class ViV1TCore(nnx.Module):
             h = block(layer.params(), h, block_keys(len(self.spatial_blocks) + i), kv_lengths)
         h = h.reshape(b, p, t_out, d).transpose(0, 2, 1, 3)
         return h.reshape(b, t_out, *self.tokenizer.grid, d)
+
+    def feature_pixels(self, image_size: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Pixel rows ``(H',)`` and columns ``(W',)`` on which the patch tokens of ``image_size`` frames are
+        centred."""
+        patch, stride = self.tokenizer.spatial_patch, self.tokenizer.spatial_stride
+        return tuple(window_centres(np.arange(n, dtype=np.float64), patch, stride) for n in image_size)
 
     def regularizer(self) -> jax.Array:
         """No core penalty (the reference's L1 scale is 0); weight decay does the regularising."""

@@ -31,6 +31,20 @@ def normalise_positions(coordinates: np.ndarray) -> np.ndarray:
     return (xy / (scale if scale > 0 else 1.0)).astype(np.float32)
 
 
+def pixels_to_grid(pixels: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Image positions ``(N, 2)`` (x, y pixels) → readout grid units ``(N, 2)`` in [−1, 1] on a feature map whose
+    cells are centred on pixel rows ``rows (H',)`` and columns ``cols (W',)`` (``align_corners=True``: −1 and 1 are
+    the first and last cells' centres). Positions beyond the map are clipped to its edge."""
+    pixels = np.asarray(pixels, np.float64)
+
+    def axis(values: np.ndarray, centres: np.ndarray) -> np.ndarray:
+        span = centres[-1] - centres[0]
+        return np.zeros_like(values) if span == 0 else 2.0 * (values - centres[0]) / span - 1.0
+
+    grid = np.stack([axis(pixels[:, 0], np.asarray(cols)), axis(pixels[:, 1], np.asarray(rows))], axis=1)
+    return np.clip(grid, -1.0, 1.0).astype(np.float32)
+
+
 def _corner_terms(grid: jax.Array, height: int, width: int) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """The four bilinear corners of ``grid (..., 2)`` on an ``height × width`` map.
 
@@ -204,9 +218,12 @@ class GaussianReadouts(nnx.Module):
         grid_mean_predictor: bool = True,
         init_mu_range: float = 0.3,
         mean_responses: Sequence[np.ndarray] | None = None,
+        initial_positions: Sequence[np.ndarray] | None = None,
         *,
         rngs: nnx.Rngs,
     ):
+        """``initial_positions``: per mouse ``(N_m, 2)`` starting positions (grid units) for the free positions,
+        instead of U(−init_mu_range, init_mu_range)."""
         counts = [len(c) for c in coordinates]
         m, n = len(counts), max(counts)
         self.num_neurons = tuple(counts)
@@ -221,6 +238,8 @@ class GaussianReadouts(nnx.Module):
                 bias[i, : counts[i]] = mean_responses[i]
         self.positions = Constant(jnp.asarray(positions))
         self.neuron_mask = Constant(jnp.asarray(mask))
+        if grid_mean_predictor and initial_positions is not None:
+            raise ValueError("initial_positions sets free positions; the grid mean predictor has none")
         if grid_mean_predictor:
             self.grid_w1 = nnx.Param(torch_linear_init(rngs.params(), (m, 2, grid_hidden), 2))
             self.grid_b1 = nnx.Param(torch_linear_init(rngs.params(), (m, grid_hidden), 2))
@@ -229,7 +248,13 @@ class GaussianReadouts(nnx.Module):
             self._position_params = ("grid_w1", "grid_b1", "grid_w2", "grid_b2", "positions")
         else:  # one free position per neuron, U(−init_mu_range, init_mu_range) (FullGaussian2d without predictor)
             mu = jax.random.uniform(rngs.params(), (m, n, 2), jnp.float32, -init_mu_range, init_mu_range)
-            self.mu = nnx.Param(mu)
+            if initial_positions is not None:
+                mu = np.array(mu)
+                for i, start in enumerate(initial_positions):
+                    if np.shape(start) != (counts[i], 2):
+                        raise ValueError(f"mouse {i}: initial positions {np.shape(start)}, expected {(counts[i], 2)}")
+                    mu[i, : counts[i]] = start
+            self.mu = nnx.Param(jnp.asarray(mu))
             self._position_params = ("mu",)
         self.sigma = nnx.Param(jax.random.uniform(rngs.params(), (m, n, 2, 2), jnp.float32, -init_sigma, init_sigma))
         self.features = nnx.Param(jnp.full((m, in_channels, n), 1.0 / in_channels, jnp.float32))

@@ -1,0 +1,197 @@
+"""Readout positions started at receptive fields estimated from the data (data/rf_estimate.py)."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from experiments.configs import factorized, viv1t
+from sensorium_jax.data import rf_estimate
+from sensorium_jax.models.cores.factorized import Factorized3dCore
+from sensorium_jax.models.cores.viv1t import ViV1TCore
+from sensorium_jax.models.layers import window_centres
+from sensorium_jax.models.model import MiceInfo, VideoModel
+from sensorium_jax.models.readouts.gaussian import pixels_to_grid
+from sensorium_jax.training import step as steps
+
+
+class EnergyNeuronSession:
+    """A Session stand-in: white-noise frames; neuron n responds to the contrast energy inside a Gaussian window at
+    its centre two frames earlier (a complex cell: phase-blind), plus noise."""
+
+    def __init__(self, centres: np.ndarray, trials: int = 4, frames: int = 300, size=(24, 40), seed: int = 0):
+        rng = np.random.default_rng(seed)
+        self.path, self.name, self.centres = "fake-session", "fake", centres
+        self.videos = rng.normal(size=(trials, frames, *size)).astype(np.float32)
+        yy, xx = np.mgrid[: size[0], : size[1]]
+        windows = np.exp(
+            -((xx[None] - centres[:, 0, None, None]) ** 2 + (yy[None] - centres[:, 1, None, None]) ** 2) / 8
+        )
+        self.responses = []
+        for video in self.videos:
+            high = video - video.mean(axis=(1, 2), keepdims=True)
+            drive = np.einsum("thw,nhw->tn", high**2, windows)
+            drive = np.concatenate([drive[:1], drive[:1], drive[:-2]])  # two frames late
+            self.responses.append((drive + 0.5 * drive.std() * rng.normal(size=drive.shape)).astype(np.float32))
+
+    def trials(self, tier: str) -> np.ndarray:
+        return np.arange(len(self.videos)) if tier == "train" else np.arange(0)
+
+    def load(self, trial: int) -> dict:
+        return {"videos": self.videos[trial], "responses": self.responses[trial]}
+
+
+def test_energy_correlation_finds_the_receptive_field_centres():
+    centres = np.array([[8.0, 6.0], [30.0, 16.0], [20.5, 12.5], [3.0, 20.0]])
+    estimate = rf_estimate.estimate_receptive_fields(EnergyNeuronSession(centres), max_frames=1000)
+    assert estimate.image_size == (24, 40)
+    assert estimate.frames == 1000  # capped, from 4 × (300 − 6) lag-aligned frames
+    np.testing.assert_allclose(estimate.centres, centres, atol=1.0)
+    assert np.all(estimate.peak_correlation > 0.2)
+
+
+def test_estimate_needs_training_frames():
+    session = EnergyNeuronSession(np.array([[5.0, 5.0]]))
+    with pytest.raises(ValueError, match="fake-session: no 'oracle' trials"):
+        rf_estimate.estimate_receptive_fields(session, tier="oracle")
+
+
+def test_window_centres_by_hand():
+    np.testing.assert_allclose(window_centres(np.arange(10.0), 3), np.arange(1.0, 9.0))
+    np.testing.assert_allclose(window_centres(np.arange(36.0), 9, 2), 4.0 + 2.0 * np.arange(14))
+    with pytest.raises(ValueError, match="shorter than the kernel"):
+        window_centres(np.arange(4.0), 5)
+
+
+@pytest.mark.parametrize("padding", [("valid", "valid", "valid"), ("valid", "same", "same")])
+def test_factorized_feature_pixels_are_where_each_output_cell_looks(padding):
+    """The centre of the input region that reaches an output cell (the nonzero gradient's bounding box) is the
+    pixel ``feature_pixels`` names, for strided, unpadded and padded layers."""
+    core = Factorized3dCore(
+        image_channels=1,
+        constant_channels=0,
+        hidden_channels=(2, 2, 2),
+        spatial_kernels=(5, 3, 3),
+        temporal_kernels=(1, 1, 1),
+        spatial_strides=(2, 1, 1),
+        spatial_padding=padding,
+        rngs=nnx.Rngs(0),
+    )
+    rows, cols = core.feature_pixels((20, 27))
+    video = jnp.ones((1, 1, 20, 27))
+    out_shape = core(video, None, train=False).shape
+    assert (len(rows), len(cols)) == out_shape[2:4]
+    cells = [(len(rows) // 2, len(cols) // 2)]
+    if padding[1] == "valid":  # with zero padding, regions near the edges are cut off by the image border
+        cells += [(0, 0), (len(rows) - 1, len(cols) - 1)]
+    for i, j in cells:
+        grad = jax.grad(lambda v, i=i, j=j: core(v, None, train=False)[0, 0, i, j].sum())(video)[0, 0]
+        ys, xs = np.nonzero(np.abs(np.asarray(grad)) > 0)
+        assert (ys.min() + ys.max()) / 2 == rows[i] and (xs.min() + xs.max()) / 2 == cols[j]
+
+
+def test_viv1t_feature_pixels_are_patch_centres():
+    core = ViV1TCore(
+        constant_channels=0,
+        image_size=(36, 64),
+        max_frames=4,
+        embed_dim=8,
+        spatial_patch=7,
+        spatial_stride=4,
+        temporal_patch=1,
+        spatial_depth=0,
+        temporal_depth=0,
+        num_heads=1,
+        head_dim=4,
+        ff_dim=4,
+        rngs=nnx.Rngs(0),
+    )
+    rows, cols = core.feature_pixels((36, 64))
+    np.testing.assert_allclose(rows, 3.0 + 4.0 * np.arange(8))  # patches [0, 7), [4, 11), …: centres 3, 7, …
+    np.testing.assert_allclose(cols, 3.0 + 4.0 * np.arange(15))
+
+
+def test_pixels_to_grid_by_hand():
+    rows, cols = np.array([2.0, 4.0, 6.0]), np.array([10.0, 20.0, 30.0])
+    grid = pixels_to_grid(np.array([[10.0, 2.0], [20.0, 4.0], [25.0, 6.0], [40.0, 0.0]]), rows, cols)
+    np.testing.assert_allclose(grid, [[-1.0, -1.0], [0.0, 0.0], [0.5, 1.0], [1.0, -1.0]])  # the last one clipped
+
+
+def cpu_model_config(kind: str, **readout) -> ml_collections.ConfigDict:
+    config = factorized.get_config("cpu").model
+    config.readout.init_positions = kind
+    config.readout.update(readout)
+    return config
+
+
+def mice_with_estimates(estimates: bool) -> MiceInfo:
+    rng = np.random.default_rng(0)
+    counts = (5, 3)
+    return MiceInfo(
+        names=("a", "b"),
+        coordinates=tuple(rng.normal(size=(n, 3)).astype(np.float32) for n in counts),
+        mean_responses=tuple(np.ones(n, np.float32) for n in counts),
+        rf_centres=tuple(rng.uniform(10, 30, (n, 2)).astype(np.float32) for n in counts) if estimates else None,
+        image_size=(36, 64) if estimates else None,
+    )
+
+
+def test_model_starts_its_positions_at_the_estimates():
+    mice = mice_with_estimates(True)
+    model = VideoModel(cpu_model_config("receptive_fields"), mice, rngs=nnx.Rngs(0))
+    rows, cols = model.core.feature_pixels((36, 64))
+    positions = np.asarray(model.readouts.mean_positions())
+    for m, centres in enumerate(mice.rf_centres):
+        np.testing.assert_allclose(positions[m, : len(centres)], pixels_to_grid(centres, rows, cols), atol=1e-6)
+    random = np.asarray(VideoModel(cpu_model_config("random"), mice, rngs=nnx.Rngs(0)).readouts.mean_positions())
+    assert not np.allclose(random[0, :5], positions[0, :5])
+    # rebuilt to restore a checkpoint (no estimates): the random init, no error
+    VideoModel(cpu_model_config("receptive_fields"), mice_with_estimates(False), rngs=nnx.Rngs(0))
+
+
+def test_bad_position_settings_are_named():
+    mice = mice_with_estimates(True)
+    with pytest.raises(ValueError, match="one of 'random', 'receptive_fields'"):
+        VideoModel(cpu_model_config("centre"), mice, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"needs readout\.grid_mean_predictor=False"):
+        VideoModel(cpu_model_config("receptive_fields", grid_mean_predictor=True), mice, rngs=nnx.Rngs(0))
+    gru = viv1t.get_config("cpu").model
+    gru.core = ml_collections.ConfigDict(dict(name="gru", hidden_channels=2, layers=1, gru_channels=2))
+    gru.readout.init_positions = "receptive_fields"
+    with pytest.raises(ValueError, match="GRUCore core does not say where its feature map lies"):
+        VideoModel(gru, mice, rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("decay_positions", [True, False])
+def test_weight_decay_can_spare_the_readout_positions(decay_positions):
+    """One AdamW step with zero gradients is pure decoupled weight decay: ``p ← p − lr · wd · p``. With
+    ``decay_positions=False`` the positions keep their values and everything else still decays."""
+    model = VideoModel(cpu_model_config("random"), mice_with_estimates(False), rngs=nnx.Rngs(0))
+    params = nnx.state(model, nnx.Param)
+    optim = factorized.get_config("cpu").optim
+    optim.decay_positions = decay_positions
+    tx = steps.make_optimizer(optim, params)
+    updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+    new = optax.apply_updates(params, updates)
+    shrink = 1.0 - optim.lr * optim.weight_decay
+    mu, features = params["readouts"]["mu"][...], params["readouts"]["features"][...]
+    expected_mu = mu * (shrink if decay_positions else 1.0)
+    np.testing.assert_allclose(np.asarray(new["readouts"]["mu"][...]), np.asarray(expected_mu), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(new["readouts"]["features"][...]), np.asarray(features * shrink), rtol=1e-6)
+
+
+def test_positions_can_have_their_own_learning_rate():
+    """Adam's first step moves every parameter with a nonzero gradient by its lr (times the gradient's sign): the
+    positions by ``position_lr``, the other readout parameters by ``lr``."""
+    model = VideoModel(cpu_model_config("random"), mice_with_estimates(False), rngs=nnx.Rngs(0))
+    params = nnx.state(model, nnx.Param)
+    optim = factorized.get_config("cpu").optim
+    optim.update(weight_decay=0.0, position_lr=0.005)
+    tx = steps.make_optimizer(optim, params)
+    updates, _ = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
+    np.testing.assert_allclose(np.asarray(updates["readouts"]["mu"][...]), -0.005, rtol=1e-4)
+    np.testing.assert_allclose(np.asarray(updates["readouts"]["features"][...]), -optim.lr, rtol=1e-4)
+    np.testing.assert_allclose(np.asarray(updates["readouts"]["sigma"][...]), -optim.lr, rtol=1e-4)
