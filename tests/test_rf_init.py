@@ -195,3 +195,28 @@ def test_positions_can_have_their_own_learning_rate():
     np.testing.assert_allclose(np.asarray(updates["readouts"]["mu"][...]), -0.005, rtol=1e-4)
     np.testing.assert_allclose(np.asarray(updates["readouts"]["features"][...]), -optim.lr, rtol=1e-4)
     np.testing.assert_allclose(np.asarray(updates["readouts"]["sigma"][...]), -optim.lr, rtol=1e-4)
+
+
+def test_training_starts_the_positions_at_the_estimates(tiny_sessions, tmp_path):
+    """Through the loop: every position ends within ``position_lr × steps`` of its estimate (Adam moves a
+    parameter by at most about its lr per step), in the trained model's own feature-map geometry."""
+    from sensorium_jax.data.reader import Session
+    from sensorium_jax.evaluation import loading
+    from sensorium_jax.training.loop import train_and_evaluate
+    from tests.test_train import tiny_config
+
+    config = tiny_config(",".join(str(p) for p in tiny_sessions))
+    config.train.max_epochs = 1
+    config.model.readout.init_positions = "receptive_fields"
+    config.optim.update(position_lr=0.001, decay_positions=False)
+    loading.write_run_info(config, tmp_path / "run")
+    train_and_evaluate(config, tmp_path / "run")
+    model = loading.load_model(tmp_path / "run", "latest")
+    steps_taken = config.train.steps_per_epoch
+    for path in tiny_sessions:
+        session = Session(path)
+        estimate = rf_estimate.estimate_receptive_fields(session)
+        core = Factorized3dCore(**{k: v for k, v in config.model.core.items() if k != "name"}, rngs=nnx.Rngs(0))
+        start = pixels_to_grid(estimate.centres, *core.feature_pixels(estimate.image_size))
+        moved = np.abs(model.readout_positions(session.name) - start)
+        assert moved.max() <= 1.1 * config.optim.position_lr * steps_taken
