@@ -220,3 +220,12 @@ def test_training_starts_the_positions_at_the_estimates(tiny_sessions, tmp_path)
         start = pixels_to_grid(estimate.centres, *core.feature_pixels(estimate.image_size))
         moved = np.abs(model.readout_positions(session.name) - start)
         assert moved.max() <= 1.1 * config.optim.position_lr * steps_taken
+
+
+def test_a_silent_neuron_starts_in_the_middle():
+    maps = np.zeros((2, 9, 13))
+    maps[1, 2, 3] = 1.0
+    centres, peaks = rf_estimate.peak_centres(maps)
+    np.testing.assert_allclose(centres[0], [6.0, 4.0])
+    np.testing.assert_allclose(centres[1], [3.0, 2.0], atol=0.3)  # a lone peak: the centroid stays on it
+    assert peaks[0] == 0.0 and peaks[1] > 0.0

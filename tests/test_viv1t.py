@@ -222,13 +222,21 @@ def test_attention_xla_matches_einsum_softmax(causal, lengths):
 
     @jit
     def both(q, k, v, kv_lengths):
-        implementations = ("xla", None, "auto")  # "auto" is XLA on CPU
+        implementations = ("xla", None, "auto")  # "auto" is heads_major_attention on CPU
         got = [attention(q, k, v, causal=causal, kv_lengths=kv_lengths, implementation=i) for i in implementations]
         return got, _reference_attention(q, k, v, causal, kv_lengths)
 
     got, expected = both(q, k, v, kv_lengths)
     for g in got:
         np.testing.assert_allclose(np.asarray(g), np.asarray(expected), atol=1e-5)
+    # and the gradients the CPU path trains with
+    loss = lambda implementation: (
+        lambda q, k, v: jnp.sum(
+            jnp.sin(attention(q, k, v, causal=causal, kv_lengths=kv_lengths, implementation=implementation))
+        )
+    )
+    for mine, theirs in zip(jax.grad(loss("auto"), (0, 1, 2))(q, k, v), jax.grad(loss("xla"), (0, 1, 2))(q, k, v)):
+        np.testing.assert_allclose(np.asarray(mine), np.asarray(theirs), atol=1e-5)
 
 
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN flash attention needs a GPU")

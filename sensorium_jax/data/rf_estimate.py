@@ -65,7 +65,8 @@ def _standardise(x: np.ndarray) -> np.ndarray:
 def peak_centres(maps: np.ndarray, sigma: float = MAP_SIGMA) -> tuple[np.ndarray, np.ndarray]:
     """``(N, H, W)`` correlation maps → centres ``(N, 2)`` (x, y) and the smoothed peak values ``(N,)``.
 
-    The peak pixel is refined to sub-pixel by the centroid of the positive smoothed map in a 5 × 5 window.
+    The peak pixel is refined to sub-pixel by the centroid of the smoothed map above its mean in a 5 × 5 window; a
+    flat map (a neuron that never varied) gives the middle of the image.
     """
     smooth = ndimage.gaussian_filter(np.asarray(maps, np.float64), (0, sigma, sigma), mode="nearest")
     n, h, w = smooth.shape
@@ -80,8 +81,8 @@ def peak_centres(maps: np.ndarray, sigma: float = MAP_SIGMA) -> tuple[np.ndarray
         yy, xx = np.mgrid[r0:r1, c0:c1]
         if total > 0:
             centres[i] = (xx * window).sum() / total, (yy * window).sum() / total
-        else:  # a flat map: the peak pixel itself
-            centres[i] = cols[i], rows[i]
+        else:  # a flat map (a silent neuron): no evidence, so the middle of the image
+            centres[i] = (w - 1) / 2, (h - 1) / 2
     return centres.astype(np.float32), smooth.reshape(n, -1).max(axis=1).astype(np.float32)
 
 

@@ -124,7 +124,8 @@ def attention(
 
     ``implementation``: ``"xla"``, ``"cudnn"`` (flash attention; GPU, bf16/fp16 only), ``None`` (JAX's default,
     currently XLA) or ``"auto"``: cuDNN where JAX accepts it for these shapes and dtypes (checked while tracing),
-    XLA elsewhere. ``kv_lengths (N,)`` masks keys at and beyond each sequence's length.
+    :func:`heads_major_attention` on CPU, XLA elsewhere. ``kv_lengths (N,)`` masks keys at and beyond each
+    sequence's length.
     """
     kwargs = dict(is_causal=causal, key_value_seq_lengths=kv_lengths)
     if implementation == "auto":
@@ -133,8 +134,30 @@ def attention(
                 return jax.nn.dot_product_attention(q, k, v, implementation="cudnn", **kwargs)
             except (ValueError, NotImplementedError, RuntimeError):  # shape/arch/version JAX's cuDNN path refuses
                 pass
+        if jax.default_backend() == "cpu":
+            return heads_major_attention(q, k, v, causal=causal, kv_lengths=kv_lengths)
         implementation = "xla"
     return jax.nn.dot_product_attention(q, k, v, implementation=implementation, **kwargs)
+
+
+def heads_major_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = False, kv_lengths: jax.Array | None = None
+) -> jax.Array:
+    """The same softmax attention as two batched matmuls over ``(sequence, head)`` pairs, heads moved next to the
+    batch first. XLA's CPU backend runs ``jax.nn.dot_product_attention``'s einsums, whose head axis sits inside
+    the token axis, at a fraction of this speed for ViV1T's many short sequences of small heads (BUILD_NOTES.md,
+    "What bounds ViV1T"). Logits and softmax in float32."""
+    length, keys, head_dim = q.shape[1], k.shape[1], q.shape[-1]
+    qh, kh, vh = (a.transpose(0, 2, 1, 3) for a in (q, k, v))  # (N, heads, L, head_dim)
+    logits = jnp.matmul(qh, kh.swapaxes(-1, -2), preferred_element_type=jnp.float32) / math.sqrt(head_dim)
+    mask = jnp.tril(jnp.ones((length, keys), bool)) if causal else None
+    if kv_lengths is not None:
+        valid = jnp.arange(keys)[None, None, None, :] < kv_lengths[:, None, None, None]
+        mask = valid if mask is None else mask & valid
+    if mask is not None:
+        logits = jnp.where(mask, logits, -jnp.inf)
+    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    return jnp.matmul(weights, vh).transpose(0, 2, 1, 3)
 
 
 def parallel_block(
