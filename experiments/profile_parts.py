@@ -23,7 +23,7 @@ from experiments.configs import gru as gru_config
 from experiments.configs import viv1t as viv1t_config
 from sensorium_jax.benchmarking.timing import time_calls
 from sensorium_jax.models.cores.gru import GRUCore
-from sensorium_jax.models.cores.viv1t import ViV1TCore, parallel_block
+from sensorium_jax.models.cores.viv1t import ViV1TCore
 
 _MODEL = flags.DEFINE_enum("model", "viv1t", ["viv1t", "gru"], "which core to take apart")
 _CONFIG = flags.DEFINE_enum("config", "cpu", ["cpu", "full"], "the :cpu variant or the reference core")
@@ -40,6 +40,17 @@ DEFAULT_FRAMES = {"viv1t": 48, "gru": 40}
 def median_seconds(call, repeats: int) -> float:
     """Median of ``repeats`` timed calls after one untimed (compiling) call; ``call`` waits for its own result."""
     return time_calls(call, repeats, warmup=0, sync=lambda result: result).median_s
+
+
+def torch_backward(module, forward):
+    """A call that runs ``forward()`` and back-propagates ``sum(sin(output))`` into ``module``'s parameters."""
+    import torch
+
+    def run():
+        module.zero_grad()
+        torch.sin(forward()).sum().backward()
+
+    return run
 
 
 def variant() -> str | None:
@@ -65,20 +76,8 @@ def viv1t_jax_parts(settings: dict, b: int, t: int) -> dict[str, float]:
 
     tokens = jax.jit(tokens_of)(tokenizer_params)
     n, t_out, p, d = tokens.shape
-    block = lambda params, h: parallel_block(
-        params,
-        h,
-        None,
-        None,
-        num_heads=core.num_heads,
-        head_dim=core.head_dim,
-        compute_dtype=jnp.float32,
-        causal=False,
-        implementation=core.attention_implementation,
-        attention_dropout=0.0,
-        ff_dropout=0.0,
-        drop_path_rate=0.0,
-    )
+    block_fn = core.block_fn(causal=False, train=False)  # dropout off; remat off in viv1t_settings
+    block = lambda params, h: block_fn(params, h, None, None)
 
     def stage(blocks, h):
         for params in blocks:
@@ -134,13 +133,7 @@ def viv1t_torch_parts(settings: dict, b: int, t: int) -> dict[str, float]:
             h = layer(h)
         return h
 
-    def backward(fn):
-        def run():
-            core.zero_grad()
-            torch.sin(fn()).sum().backward()
-
-        return run
-
+    backward = lambda forward: torch_backward(core, forward)
     return {
         "tokenizer": median_seconds(backward(tokens_of), _REPEATS.value),
         "spatial blocks": median_seconds(backward(lambda: stage(core.spatial_blocks, spatial_in)), _REPEATS.value),
@@ -192,13 +185,7 @@ def gru_parts(b: int, t: int) -> tuple[str, dict[str, float], dict[str, float]]:
         c, h, w = peer.frame_core(torch_frames[:1]).shape[1:]
     torch_sequence = torch.randn(b, c, t, h, w, requires_grad=True)
 
-    def backward(fn):
-        def run():
-            peer.zero_grad()
-            torch.sin(fn()).sum().backward()
-
-        return run
-
+    backward = lambda forward: torch_backward(peer, forward)
     theirs = {
         "frame core": median_seconds(backward(lambda: peer.frame_core(torch_frames)), repeats),
         "ConvGRU": median_seconds(backward(lambda: peer.gru(torch_sequence)), repeats),

@@ -425,7 +425,9 @@ class ViV1TCore(nnx.Module):
         self.out_channels = int(embed_dim)
         self.burn_in = int(temporal_patch - 1)
 
-    def _block_fn(self, causal: bool, train: bool):
+    def block_fn(self, causal: bool, train: bool):
+        """``(params, x, key, kv_lengths) → x``: one parallel block with this core's settings (dropout only in
+        training), rematerialised when ``remat``."""
         fn = functools.partial(
             parallel_block,
             num_heads=self.num_heads,
@@ -466,7 +468,7 @@ class ViV1TCore(nnx.Module):
         tokens = self.tokenizer(x, constants, None if keys is None else keys[0])
         b, t_out, p, d = tokens.shape
 
-        block = self._block_fn(causal=False, train=train)
+        block = self.block_fn(causal=False, train=train)
         h = tokens.reshape(b * t_out, p, d)
         for i, layer in enumerate(self.spatial_blocks):
             h = block(layer.params(), h, block_keys(i), None)
@@ -475,7 +477,7 @@ class ViV1TCore(nnx.Module):
         if lengths is not None:
             valid_tokens = jnp.clip(jnp.asarray(lengths) - self.burn_in, 1, t_out).astype(jnp.int32)
             kv_lengths = jnp.repeat(valid_tokens, p)  # one temporal sequence per (clip, patch)
-        block = self._block_fn(causal=self.causal, train=train)
+        block = self.block_fn(causal=self.causal, train=train)
         h = h.reshape(b, t_out, p, d).transpose(0, 2, 1, 3).reshape(b * p, t_out, d)
         for i, layer in enumerate(self.temporal_blocks):
             h = block(layer.params(), h, block_keys(len(self.spatial_blocks) + i), kv_lengths)
