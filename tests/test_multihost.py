@@ -47,8 +47,11 @@ def _launch(workdir: Path, epochs: int, paths: str) -> list[dict]:
         for handle in handles:
             handle.close()
     outputs = [log.read_text() for log in logs]
-    for p, out in zip(procs, outputs, strict=True):
-        assert p.returncode == 0, out[-3000:]
+    # On a failure show both processes: the one that fails is often only waiting for the other.
+    report = "\n".join(
+        f"--- process {i} (exit {p.returncode}):\n{out[-3000:]}" for i, (p, out) in enumerate(zip(procs, outputs))
+    )
+    assert all(p.returncode == 0 for p in procs), report
     return [json.loads(next(line[7:] for line in out.splitlines() if line.startswith("RESULT "))) for out in outputs]
 
 

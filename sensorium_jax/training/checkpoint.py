@@ -23,19 +23,25 @@ def _abstract(tree: Any) -> Any:
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
 
+def _options(name: str, max_to_keep: int) -> ocp.CheckpointManagerOptions:
+    # Both managers save the same step when an epoch improves, each in its own background thread, and orbax names
+    # its cross-process barriers after the step. Without a prefix of their own the two saves would share
+    # "async_write_complete.<step>": one host's "latest" thread could meet the other host's "best" thread there,
+    # leaving a thread waiting on a barrier nobody else will reach (a hang, then a failed shutdown barrier).
+    return ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep,
+        create=True,
+        multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name),
+    )
+
+
 class Checkpoints:
     def __init__(self, workdir: str | Path, max_to_keep: int = 2):
         workdir = Path(workdir).absolute()
         self.latest = ocp.CheckpointManager(
-            workdir / "checkpoints",
-            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
-            item_names=("state", "data", "loop"),
+            workdir / "checkpoints", options=_options("latest", max_to_keep), item_names=("state", "data", "loop")
         )
-        self.best = ocp.CheckpointManager(
-            workdir / "best",
-            options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True),
-            item_names=("state", "loop"),
-        )
+        self.best = ocp.CheckpointManager(workdir / "best", options=_options("best", 1), item_names=("state", "loop"))
 
     def latest_step(self) -> int | None:
         return self.latest.latest_step()
