@@ -7,6 +7,7 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from scipy import ndimage
 
 from experiments.configs import factorized, viv1t
 from sensorium_jax.data import rf_estimate
@@ -18,24 +19,39 @@ from sensorium_jax.models.readouts.gaussian import pixels_to_grid
 from sensorium_jax.training import step as steps
 
 
-class EnergyNeuronSession:
-    """A Session stand-in: white-noise frames; neuron n responds to the contrast energy inside a Gaussian window at
-    its centre two frames earlier (a complex cell: phase-blind), plus noise."""
+def _gabor(size, centre, period, theta, phase=0.0):
+    yy, xx = np.mgrid[: size[0], : size[1]].astype(np.float64)
+    dx, dy = xx - centre[0], yy - centre[1]
+    sigma = 0.4 * period
+    envelope = np.exp(-(dx**2 + dy**2) / (2 * sigma**2))
+    return envelope * np.cos(2 * np.pi * (dx * np.cos(theta) + dy * np.sin(theta)) / period + phase)
+
+
+class GaborNeuronSession:
+    """A Session stand-in: spatially correlated noise frames and V1-like neurons with known centres, two frames
+    late, plus noise. Even neurons are simple cells (a rectified Gabor filter), odd ones complex cells (the energy
+    of a quadrature pair); their periods and orientations lie between the estimator's channels."""
 
     def __init__(self, centres: np.ndarray, trials: int = 4, frames: int = 300, size=(24, 40), seed: int = 0):
         rng = np.random.default_rng(seed)
         self.path, self.name, self.centres = "fake-session", "fake", centres
-        self.videos = rng.normal(size=(trials, frames, *size)).astype(np.float32)
-        yy, xx = np.mgrid[: size[0], : size[1]]
-        windows = np.exp(
-            -((xx[None] - centres[:, 0, None, None]) ** 2 + (yy[None] - centres[:, 1, None, None]) ** 2) / 8
-        )
+        noise = rng.normal(size=(trials, frames, *size))
+        self.videos = ndimage.gaussian_filter(noise, (0, 0, 1.0, 1.0)).astype(np.float32)
         self.responses = []
+        filters = [
+            (
+                _gabor(size, c, 8.0 + 2 * (n % 3), 0.35 + 0.9 * n),
+                _gabor(size, c, 8.0 + 2 * (n % 3), 0.35 + 0.9 * n, 1.57),
+            )
+            for n, c in enumerate(centres)
+        ]
         for video in self.videos:
-            high = video - video.mean(axis=(1, 2), keepdims=True)
-            drive = np.einsum("thw,nhw->tn", high**2, windows)
+            even = np.stack([np.einsum("thw,hw->t", video, f[0]) for f in filters], axis=1)
+            odd = np.stack([np.einsum("thw,hw->t", video, f[1]) for f in filters], axis=1)
+            simple = np.arange(len(centres)) % 2 == 0
+            drive = np.where(simple, np.maximum(even, 0.0), np.sqrt(even**2 + odd**2))
             drive = np.concatenate([drive[:1], drive[:1], drive[:-2]])  # two frames late
-            self.responses.append((drive + 0.5 * drive.std() * rng.normal(size=drive.shape)).astype(np.float32))
+            self.responses.append((drive + 0.5 * drive.std(0) * rng.normal(size=drive.shape)).astype(np.float32))
 
     def trials(self, tier: str) -> np.ndarray:
         return np.arange(len(self.videos)) if tier == "train" else np.arange(0)
@@ -44,17 +60,61 @@ class EnergyNeuronSession:
         return {"videos": self.videos[trial], "responses": self.responses[trial]}
 
 
-def test_energy_correlation_finds_the_receptive_field_centres():
-    centres = np.array([[8.0, 6.0], [30.0, 16.0], [20.5, 12.5], [3.0, 20.0]])
-    estimate = rf_estimate.estimate_receptive_fields(EnergyNeuronSession(centres), max_frames=1000)
+def test_gabor_channels_find_the_receptive_field_centres():
+    centres = np.array([[8.0, 6.0], [30.0, 16.0], [20.5, 12.5], [12.0, 17.0], [29.0, 7.5], [17.3, 9.1]])
+    session = GaborNeuronSession(centres)
+    estimate = rf_estimate.estimate_receptive_fields(session)
     assert estimate.image_size == (24, 40)
-    assert estimate.frames == 1000  # capped, from 4 × (300 − 6) lag-aligned frames
-    np.testing.assert_allclose(estimate.centres, centres, atol=1.0)
+    assert estimate.frames == 4 * (300 - max(rf_estimate.LAGS))
+    errors = np.hypot(*(estimate.centres - centres).T)
+    assert errors.max() < 1.5 and np.median(errors) < 0.8
     assert np.all(estimate.peak_correlation > 0.2)
+    # Simple cells (even neurons) are found by a linear quadrature-amplitude map (odd channel numbers), complex
+    # cells by an energy map, and each neuron's map is the bank's channel nearest its orientation and period.
+    np.testing.assert_array_equal(estimate.channel % 2, np.arange(len(centres)) % 2 == 0)
+    gabor = estimate.channel // 2
+    orientation = 180 * (gabor % rf_estimate.ORIENTATIONS) / rf_estimate.ORIENTATIONS
+    true_orientation = np.degrees(0.35 + 0.9 * np.arange(len(centres))) % 180
+    assert np.all(np.abs((orientation - true_orientation + 90) % 180 - 90) <= 90 / rf_estimate.ORIENTATIONS + 1)
+    period = np.asarray(rf_estimate.PERIODS_PX)[gabor // rf_estimate.ORIENTATIONS]
+    true_period = 8.0 + 2 * (np.arange(len(centres)) % 3)
+    nearest = np.asarray(rf_estimate.PERIODS_PX)[
+        np.abs(np.asarray(rf_estimate.PERIODS_PX)[None] - true_period[:, None]).argmin(1)
+    ]
+    np.testing.assert_array_equal(period, nearest)
+
+
+def test_estimate_stops_at_max_frames():
+    estimate = rf_estimate.estimate_receptive_fields(GaborNeuronSession(np.array([[20.0, 12.0]])), max_frames=1000)
+    assert estimate.frames == 1000  # the fourth trial is cut to fill up exactly 1,000 lag-aligned frames
+
+
+def test_gabor_responses_are_the_even_and_odd_filter_outputs():
+    """The FFT route equals direct convolution with edge-replicated borders, channel by channel."""
+    video = np.random.default_rng(1).normal(size=(3, 12, 20)).astype(np.float32)
+    kernels = rf_estimate.gabor_bank((4.0, 6.0), 3, 0.4)
+    assert len(kernels) == 6
+    responses = rf_estimate.gabor_responses(video, kernels)
+    for c, kernel in enumerate(kernels):
+        even = ndimage.convolve(video, kernel.real[None], mode="nearest")
+        odd = ndimage.convolve(video, kernel.imag[None], mode="nearest")
+        np.testing.assert_allclose(responses[c].real, even, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(responses[c].imag, odd, rtol=1e-4, atol=1e-4)
+
+
+def test_gabor_bank_by_hand():
+    kernels = rf_estimate.gabor_bank((8.0,), 2, 0.5)  # σ 4 px → radius 12; orientations 0° and 90°
+    assert [k.shape for k in kernels] == [(25, 25), (25, 25)]
+    for kernel in kernels:
+        assert abs(kernel.real.sum()) < 1e-5  # the even part ignores mean luminance
+        np.testing.assert_allclose([np.linalg.norm(kernel.real), np.linalg.norm(kernel.imag)], 1.0, rtol=1e-5)
+    # 0°: the wave runs along x, so the even part is constant down each column; 90° is its transpose.
+    np.testing.assert_allclose(kernels[0].imag[12], -kernels[0].imag[12, ::-1], atol=1e-6)  # odd in x
+    np.testing.assert_allclose(kernels[1], kernels[0].T, atol=1e-6)
 
 
 def test_estimate_needs_training_frames():
-    session = EnergyNeuronSession(np.array([[5.0, 5.0]]))
+    session = GaborNeuronSession(np.array([[5.0, 5.0]]))
     with pytest.raises(ValueError, match="fake-session: no 'oracle' trials"):
         rf_estimate.estimate_receptive_fields(session, tier="oracle")
 
@@ -229,3 +289,23 @@ def test_a_silent_neuron_starts_in_the_middle():
     np.testing.assert_allclose(centres[0], [6.0, 4.0])
     np.testing.assert_allclose(centres[1], [3.0, 2.0], atol=0.3)  # a lone peak: the centroid stays on it
     assert peaks[0] == 0.0 and peaks[1] > 0.0
+
+
+def test_a_resumed_run_reads_the_estimates_it_made(tmp_path, monkeypatch):
+    sessions = [GaborNeuronSession(np.array([[20.0, 12.0], [9.0, 8.0]]), trials=2)]
+    cache = tmp_path / "rf_estimates.npz"
+    first = rf_estimate.estimate_all(sessions, cache=cache)
+    assert cache.exists() and not list(tmp_path.glob(".*tmp*"))
+
+    def no_estimating(*args, **kwargs):
+        raise AssertionError("estimated again although the cache holds these mice")
+
+    monkeypatch.setattr(rf_estimate, "estimate_receptive_fields", no_estimating)
+    again = rf_estimate.estimate_all(sessions, cache=cache)
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a.centres, b.centres)
+        np.testing.assert_array_equal(a.channel, b.channel)
+        assert (a.image_size, a.frames) == (b.image_size, b.frames)
+    # Other settings (or other mice) are not taken from the cache.
+    with pytest.raises(AssertionError, match="estimated again"):
+        rf_estimate.estimate_all(sessions, max_frames=100, cache=cache)

@@ -50,6 +50,9 @@ from sensorium_jax.training.checkpoint import Checkpoints
 from sensorium_jax.training.logger import MetricWriter
 from sensorium_jax.training.schedules import PlateauSchedule
 
+#: The run's receptive-field estimates (readout init), kept so that a resumed run need not compute them again.
+RF_ESTIMATES_FILE = "rf_estimates.npz"
+
 
 def load_sessions(config: ml_collections.ConfigDict) -> tuple[list[Session], Path | None]:
     """The sessions named by ``config.paths`` (comma-separated folders or globs), else the synthetic set.
@@ -176,7 +179,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     pipeline.check_divisibility(batch_size, jax.process_count(), mesh.size)
     mice = MiceInfo.from_sessions(sessions)
     if not static and config.model.get("readout", {}).get("init_positions", "random") == "receptive_fields":
-        estimates = rf_estimate.estimate_all(sessions)
+        estimates = rf_estimate.estimate_all(sessions, cache=workdir / RF_ESTIMATES_FILE, write_cache=is_main)
         mice = dataclasses.replace(
             mice, rf_centres=tuple(e.centres for e in estimates), image_size=estimates[0].image_size
         )
