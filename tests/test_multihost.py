@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -38,19 +39,26 @@ def _launch(workdir: Path, epochs: int, paths: str) -> list[dict]:
         )
         for i, handle in enumerate(handles)
     ]
+    deadline, timed_out = time.monotonic() + 600, []
     try:
-        for p in procs:
-            p.wait(timeout=600)
+        for i, p in enumerate(procs):
+            try:
+                p.wait(timeout=max(deadline - time.monotonic(), 1))
+            except subprocess.TimeoutExpired:  # a hang: still report both logs below
+                timed_out.append(i)
     finally:
         for p in procs:
             p.kill()
+            p.wait()
         for handle in handles:
             handle.close()
     outputs = [log.read_text() for log in logs]
     # On a failure show both processes: the one that fails is often only waiting for the other.
     report = "\n".join(
-        f"--- process {i} (exit {p.returncode}):\n{out[-3000:]}" for i, (p, out) in enumerate(zip(procs, outputs))
+        f"--- process {i} ({'hung, killed' if i in timed_out else f'exit {p.returncode}'}):\n{out[-3000:]}"
+        for i, (p, out) in enumerate(zip(procs, outputs))
     )
+    assert not timed_out, report
     assert all(p.returncode == 0 for p in procs), report
     return [json.loads(next(line[7:] for line in out.splitlines() if line.startswith("RESULT "))) for out in outputs]
 

@@ -68,6 +68,7 @@ def test_gabor_channels_find_the_receptive_field_centres():
     assert estimate.frames == 4 * (300 - max(rf_estimate.LAGS))
     errors = np.hypot(*(estimate.centres - centres).T)
     assert errors.max() < 1.5 and np.median(errors) < 0.8
+    assert np.all(np.abs((estimate.centres - centres).mean(axis=0)) < 0.3)  # no shift from the coarse grid
     assert np.all(estimate.peak_correlation > 0.2)
     # Simple cells (even neurons) are found by a linear quadrature-amplitude map (odd channel numbers), complex
     # cells by an energy map, and each neuron's map is the bank's channel nearest its orientation and period.
@@ -108,8 +109,10 @@ def test_gabor_bank_by_hand():
     for kernel in kernels:
         assert abs(kernel.real.sum()) < 1e-5  # the even part ignores mean luminance
         np.testing.assert_allclose([np.linalg.norm(kernel.real), np.linalg.norm(kernel.imag)], 1.0, rtol=1e-5)
-    # 0°: the wave runs along x, so the even part is constant down each column; 90° is its transpose.
-    np.testing.assert_allclose(kernels[0].imag[12], -kernels[0].imag[12, ::-1], atol=1e-6)  # odd in x
+    # 0°: the wave vector points along x, so the even part is even and the odd part odd in x; 90° is the transpose.
+    np.testing.assert_allclose(kernels[0].real, kernels[0].real[:, ::-1], atol=1e-6)
+    np.testing.assert_allclose(kernels[0].imag, -kernels[0].imag[:, ::-1], atol=1e-6)
+    np.testing.assert_allclose(kernels[0].real, kernels[0].real[::-1], atol=1e-6)  # and both even in y
     np.testing.assert_allclose(kernels[1], kernels[0].T, atol=1e-6)
 
 
@@ -306,6 +309,19 @@ def test_a_resumed_run_reads_the_estimates_it_made(tmp_path, monkeypatch):
         np.testing.assert_array_equal(a.centres, b.centres)
         np.testing.assert_array_equal(a.channel, b.channel)
         assert (a.image_size, a.frames) == (b.image_size, b.frames)
-    # Other settings (or other mice) are not taken from the cache.
+    # Other settings, other mice or a damaged file are not taken from the cache.
     with pytest.raises(AssertionError, match="estimated again"):
         rf_estimate.estimate_all(sessions, max_frames=100, cache=cache)
+    other = GaborNeuronSession(np.array([[20.0, 12.0]]), trials=2)
+    other.path = "another-session"
+    with pytest.raises(AssertionError, match="estimated again"):
+        rf_estimate.estimate_all([other], cache=cache)
+    cache.write_bytes(cache.read_bytes()[:100])
+    with pytest.raises(AssertionError, match="estimated again"):
+        rf_estimate.estimate_all(sessions, cache=cache)
+
+
+def test_only_the_writing_process_writes_the_cache(tmp_path):
+    cache = tmp_path / "rf_estimates.npz"
+    rf_estimate.estimate_all([GaborNeuronSession(np.array([[20.0, 12.0]]), trials=2)], cache=cache, write_cache=False)
+    assert not cache.exists()

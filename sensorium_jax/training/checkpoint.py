@@ -24,10 +24,11 @@ def _abstract(tree: Any) -> Any:
 
 
 def _options(name: str, max_to_keep: int) -> ocp.CheckpointManagerOptions:
-    # Both managers save the same step when an epoch improves, each in its own background thread, and orbax names
-    # its cross-process barriers after the step. Without a prefix of their own the two saves would share
-    # "async_write_complete.<step>": one host's "latest" thread could meet the other host's "best" thread there,
-    # leaving a thread waiting on a barrier nobody else will reach (a hang, then a failed shutdown barrier).
+    # Orbax names its cross-process barriers after what they guard, not after the manager: "async_write_complete.
+    # <step>" for a save's background thread, and unsuffixed keys for its save-in-progress bookkeeping. Both managers
+    # save the same step when an epoch improves, and the best manager's background work overlaps the latest one's
+    # save, so without a prefix of their own one host's "latest" thread could meet the other host's "best" thread at
+    # a barrier, leaving a thread waiting for a partner nobody sends (a hang, then a failed shutdown barrier).
     return ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep,
         create=True,
