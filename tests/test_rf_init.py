@@ -38,18 +38,16 @@ class GaborNeuronSession:
         noise = rng.normal(size=(trials, frames, *size))
         self.videos = ndimage.gaussian_filter(noise, (0, 0, 1.0, 1.0)).astype(np.float32)
         self.responses = []
+        neuron = np.arange(len(centres))
+        self.periods, self.orientations, self.simple = 8.0 + 2 * (neuron % 3), 0.35 + 0.9 * neuron, neuron % 2 == 0
         filters = [
-            (
-                _gabor(size, c, 8.0 + 2 * (n % 3), 0.35 + 0.9 * n),
-                _gabor(size, c, 8.0 + 2 * (n % 3), 0.35 + 0.9 * n, 1.57),
-            )
-            for n, c in enumerate(centres)
+            (_gabor(size, c, period, theta), _gabor(size, c, period, theta, np.pi / 2))
+            for c, period, theta in zip(centres, self.periods, self.orientations, strict=True)
         ]
         for video in self.videos:
             even = np.stack([np.einsum("thw,hw->t", video, f[0]) for f in filters], axis=1)
             odd = np.stack([np.einsum("thw,hw->t", video, f[1]) for f in filters], axis=1)
-            simple = np.arange(len(centres)) % 2 == 0
-            drive = np.where(simple, np.maximum(even, 0.0), np.sqrt(even**2 + odd**2))
+            drive = np.where(self.simple, np.maximum(even, 0.0), np.sqrt(even**2 + odd**2))
             drive = np.concatenate([drive[:1], drive[:1], drive[:-2]])  # two frames late
             self.responses.append((drive + 0.5 * drive.std(0) * rng.normal(size=drive.shape)).astype(np.float32))
 
@@ -72,17 +70,14 @@ def test_gabor_channels_find_the_receptive_field_centres():
     assert np.all(estimate.peak_correlation > 0.2)
     # Simple cells (even neurons) are found by a linear quadrature-amplitude map (odd channel numbers), complex
     # cells by an energy map, and each neuron's map is the bank's channel nearest its orientation and period.
-    np.testing.assert_array_equal(estimate.channel % 2, np.arange(len(centres)) % 2 == 0)
+    np.testing.assert_array_equal(estimate.channel % 2, session.simple)
     gabor = estimate.channel // 2
     orientation = 180 * (gabor % rf_estimate.ORIENTATIONS) / rf_estimate.ORIENTATIONS
-    true_orientation = np.degrees(0.35 + 0.9 * np.arange(len(centres))) % 180
+    true_orientation = np.degrees(session.orientations) % 180
     assert np.all(np.abs((orientation - true_orientation + 90) % 180 - 90) <= 90 / rf_estimate.ORIENTATIONS + 1)
-    period = np.asarray(rf_estimate.PERIODS_PX)[gabor // rf_estimate.ORIENTATIONS]
-    true_period = 8.0 + 2 * (np.arange(len(centres)) % 3)
-    nearest = np.asarray(rf_estimate.PERIODS_PX)[
-        np.abs(np.asarray(rf_estimate.PERIODS_PX)[None] - true_period[:, None]).argmin(1)
-    ]
-    np.testing.assert_array_equal(period, nearest)
+    periods = np.asarray(rf_estimate.PERIODS_PX)
+    nearest = periods[np.abs(periods[None] - session.periods[:, None]).argmin(1)]
+    np.testing.assert_array_equal(periods[gabor // rf_estimate.ORIENTATIONS], nearest)
 
 
 def test_estimate_stops_at_max_frames():

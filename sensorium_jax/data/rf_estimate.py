@@ -298,13 +298,8 @@ def _read_cache(path: Path, key: str) -> list[ReceptiveFieldEstimate] | None:
                 logging.info("%s holds estimates of other mice or settings: estimating again", path)
                 return None
             return _estimates_from(arrays, len(json.loads(key)["sessions"]))
-    except (
-        OSError,
-        ValueError,
-        KeyError,
-        EOFError,
-        zipfile.BadZipFile,
-    ) as error:  # a damaged file costs a recomputation, not the run
+    # A damaged file costs a recomputation, not the run.
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
         logging.warning("%s cannot be read (%s): estimating again", path, error)
         return None
 
