@@ -239,15 +239,66 @@ def test_attention_xla_matches_einsum_softmax(causal, lengths):
         np.testing.assert_allclose(np.asarray(mine), np.asarray(theirs), atol=1e-5)
 
 
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("lengths", [False, True])
+def test_cudnn_even_length_padding_is_exact(monkeypatch, causal, lengths):
+    """cudnn_attention pads odd sequences by one masked token (cuDNN's training kernel takes only even lengths).
+    With the kernel swapped for XLA's, so this runs on any machine: values and gradients equal the unpadded ones."""
+    xla = jax.nn.dot_product_attention
+    seen = []
+
+    def fake_cudnn(q, k, v, *, implementation, **kwargs):
+        assert implementation == "cudnn"
+        seen.append((q.shape[1], k.shape[1]))
+        return xla(q, k, v, implementation="xla", **kwargs)
+
+    q, k, v = (normal(3, 7, 2, 8, seed=i) for i in range(3))
+    kv_lengths = jnp.array([7, 3, 5], jnp.int32) if lengths else None
+    loss = lambda implementation: (
+        lambda q, k, v: jnp.sum(
+            jnp.sin(attention(q, k, v, causal=causal, kv_lengths=kv_lengths, implementation=implementation))
+        )
+    )
+    expected, expected_grads = jax.value_and_grad(loss("xla"), (0, 1, 2))(q, k, v)
+    monkeypatch.setattr(jax.nn, "dot_product_attention", fake_cudnn)
+    got, grads = jax.value_and_grad(loss("cudnn"), (0, 1, 2))(q, k, v)
+    assert seen == [(8, 8)]
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    for g, ref in zip(grads, expected_grads):
+        assert g.shape == ref.shape
+        np.testing.assert_allclose(np.asarray(g), np.asarray(ref), atol=1e-5)
+
+
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN flash attention needs a GPU")
 def test_attention_cudnn_matches_xla():
-    for shape in ((4, 116, 11, 48), (8, 435, 11, 48)):  # the paper core's temporal and spatial stages
+    """Values and gradients, under remat as the full config trains, at the paper core's temporal (116, even) and
+    spatial (435, odd: padded by cudnn_attention) lengths; "auto" must compile to cuDNN's fused kernel."""
+    for shape in ((4, 116, 11, 48), (8, 435, 11, 48)):
         q, k, v = (jnp.asarray(normal(*shape, seed=i), jnp.bfloat16) for i in range(3))
         kv_lengths = jnp.array([shape[1], 80, 30, 1] * (shape[0] // 4), jnp.int32)
         for causal in (False, True):
-            cudnn = attention(q, k, v, causal=causal, kv_lengths=kv_lengths, implementation="cudnn")
-            xla = attention(q, k, v, causal=causal, kv_lengths=kv_lengths, implementation="xla")
-            np.testing.assert_allclose(np.asarray(cudnn, np.float32), np.asarray(xla, np.float32), atol=2e-2)
+
+            def loss(q, k, v, implementation, causal=causal, kv_lengths=kv_lengths):
+                out = attention(q, k, v, causal=causal, kv_lengths=kv_lengths, implementation=implementation)
+                return jnp.sum(jnp.sin(out.astype(jnp.float32))), out
+
+            results = {}
+            for implementation in ("cudnn", "auto", "xla"):
+                step = jax.jit(
+                    jax.value_and_grad(
+                        jax.checkpoint(functools.partial(loss, implementation=implementation)), (0, 1, 2), has_aux=True
+                    )
+                )
+                if implementation == "auto":
+                    assert "cudnn$fmha" in step.lower(q, k, v).compile().as_text()
+                results[implementation] = step(q, k, v)
+            (_, xla_out), xla_grads = results["xla"]
+            for implementation in ("cudnn", "auto"):
+                (_, out), grads = results[implementation]
+                np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(xla_out, np.float32), atol=2e-2)
+                for g, ref in zip(grads, xla_grads):
+                    g, ref = np.asarray(g, np.float32), np.asarray(ref, np.float32)
+                    assert np.linalg.norm(g - ref) <= 2e-2 * np.linalg.norm(ref), (shape, causal, implementation)
 
 
 def test_parallel_block_matches_its_definition():

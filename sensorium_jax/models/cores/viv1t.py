@@ -107,8 +107,39 @@ def dropout_keys(key: jax.Array, count: int) -> jax.Array:
     return jax.random.split(key, count)
 
 
-def _cudnn_supported(dtype: jnp.dtype) -> bool:
-    return jax.default_backend() == "gpu" and dtype in (jnp.bfloat16, jnp.float16)
+def _cudnn_supported(dtype: jnp.dtype, head_dim: int) -> bool:
+    """Whether cuDNN's fused attention takes these inputs: a GPU, bf16/fp16, a head dimension that is a multiple
+    of 8 and at most 128 (256 on Hopper; 128 is safe everywhere, the paper's is 48). Decided here rather than by
+    catching JAX's refusal: under ``remat`` the training kernel is checked after this function has returned."""
+    return (
+        jax.default_backend() == "gpu"
+        and dtype in (jnp.bfloat16, jnp.float16)
+        and head_dim % 8 == 0
+        and head_dim <= 128
+    )
+
+
+def cudnn_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = False, kv_lengths: jax.Array | None = None
+) -> jax.Array:
+    """``jax.nn.dot_product_attention(implementation="cudnn")`` for any sequence length.
+
+    JAX hands cuDNN's training kernel a (possibly empty) bias, and with a bias that kernel takes only even query
+    and key lengths (jax 0.10–0.11: "Unsupported sequence length Q 435, KV 435" for the paper's 435-patch spatial
+    stage). An odd sequence gets one zero token appended: as a key it is masked through the key lengths, as a query
+    its output row is dropped, so values and gradients are those of the unpadded attention."""
+    length, keys = q.shape[1], k.shape[1]
+    pad_q, pad_k = length % 2, keys % 2
+    if pad_q:
+        q = jnp.pad(q, ((0, 0), (0, 1), (0, 0), (0, 0)))
+    if pad_k:
+        k, v = (jnp.pad(a, ((0, 0), (0, 1), (0, 0), (0, 0))) for a in (k, v))
+        if kv_lengths is None:
+            kv_lengths = jnp.full((k.shape[0],), keys, jnp.int32)
+    out = jax.nn.dot_product_attention(
+        q, k, v, implementation="cudnn", is_causal=causal, key_value_seq_lengths=kv_lengths
+    )
+    return out[:, :length]
 
 
 def attention(
@@ -122,22 +153,22 @@ def attention(
 ) -> jax.Array:
     """Softmax attention ``(N, L, heads, head_dim)`` → same shape, through ``jax.nn.dot_product_attention``.
 
-    ``implementation``: ``"xla"``, ``"cudnn"`` (flash attention; GPU, bf16/fp16 only), ``None`` (JAX's default,
-    currently XLA) or ``"auto"``: cuDNN where JAX accepts it for these shapes and dtypes (checked while tracing),
+    ``implementation``: ``"xla"``, ``"cudnn"`` (flash attention, :func:`cudnn_attention`; GPU, bf16/fp16 only),
+    ``None`` (JAX's default, currently XLA) or ``"auto"``: cuDNN where it takes these dtypes and head sizes,
     :func:`heads_major_attention` on CPU, XLA elsewhere. ``kv_lengths (N,)`` masks keys at and beyond each
     sequence's length.
     """
-    kwargs = dict(is_causal=causal, key_value_seq_lengths=kv_lengths)
     if implementation == "auto":
-        if _cudnn_supported(q.dtype):
-            try:
-                return jax.nn.dot_product_attention(q, k, v, implementation="cudnn", **kwargs)
-            except (ValueError, NotImplementedError, RuntimeError):  # shape/arch/version JAX's cuDNN path refuses
-                pass
+        if _cudnn_supported(q.dtype, q.shape[-1]):
+            return cudnn_attention(q, k, v, causal=causal, kv_lengths=kv_lengths)
         if jax.default_backend() == "cpu":
             return heads_major_attention(q, k, v, causal=causal, kv_lengths=kv_lengths)
         implementation = "xla"
-    return jax.nn.dot_product_attention(q, k, v, implementation=implementation, **kwargs)
+    if implementation == "cudnn":
+        return cudnn_attention(q, k, v, causal=causal, kv_lengths=kv_lengths)
+    return jax.nn.dot_product_attention(
+        q, k, v, implementation=implementation, is_causal=causal, key_value_seq_lengths=kv_lengths
+    )
 
 
 def heads_major_attention(
