@@ -69,6 +69,20 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def start_readout_at_receptive_fields(c: ml_collections.ConfigDict) -> None:
+    """The ``rf_init`` variant of any core that reports where its feature map lies (``feature_pixels``).
+
+    Free positions start at each neuron's receptive field, estimated from the data (data/rf_estimate.py), and move
+    at a tenth of the readout lr without weight decay: at the readout's lr they random-walked away from any start
+    and weight decay squeezed them towards the map's centre, while the core learned displaced features to reach the
+    neurons (BUILD_NOTES.md, in-silico section).
+    """
+    c.model.readout.init_positions = "receptive_fields"
+    c.model.readout.grid_mean_predictor = False
+    c.optim.position_lr = 0.1 * c.optim.lr
+    c.optim.decay_positions = False
+
+
 def parse_variant(arg: str | None) -> dict[str, str]:
     """``"cpu"`` or ``"cpu,epochs=3"`` → {"cpu": "", "epochs": "3"}."""
     out = {}

@@ -7,7 +7,7 @@ built-in synthetic dataset in minutes on a 2-core CPU (the reference recipe is m
 
 import ml_collections
 
-from experiments.configs.common import base_config, parse_variant
+from experiments.configs.common import base_config, parse_variant, start_readout_at_receptive_fields
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -79,13 +79,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.schedule.kind = "warmup_cosine"
         c.schedule.hold_epochs = 7.0
     if "rf_init" in variant:  # e.g. "cpu,channels=32,rf_init": the in-silico model of BUILD_NOTES.md
-        # Free positions start at each neuron's receptive field, estimated from the data (data/rf_estimate.py), and
-        # move at a tenth of the readout lr without weight decay: at the readout's lr they random-walked away from
-        # any start and weight decay squeezed them towards the map's centre, while the core learned displaced
-        # features to reach the neurons (BUILD_NOTES.md, in-silico section).
-        c.model.readout.init_positions = "receptive_fields"
-        c.optim.position_lr = 0.1 * c.optim.lr
-        c.optim.decay_positions = False
+        start_readout_at_receptive_fields(c)
     if "same" in variant:  # e.g. "cpu,channels=32,same": the in-silico model of BUILD_NOTES.md
         # Layers after the first keep their map's size, so the readout's grid spans every receptive field: the
         # cpu core's unpadded 6 × 20 map covers only screen rows 12–22 (centres lie in 8–28), and neurons outside

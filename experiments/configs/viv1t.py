@@ -11,7 +11,7 @@ stop at the third plateau), bf16 core compute. About 12.3 M parameters with the 
 
 import ml_collections
 
-from experiments.configs.common import base_config, parse_variant
+from experiments.configs.common import base_config, parse_variant, start_readout_at_receptive_fields
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -121,6 +121,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.schedule.patience = 3
         c.schedule.min_lr = 1e-4
         c.eval.batch_size = 8
+    if "rf_init" in variant:  # readout positions start at the receptive fields estimated from the data
+        start_readout_at_receptive_fields(c)
     if "epochs" in variant:
         c.train.max_epochs = int(variant["epochs"])
     return c
