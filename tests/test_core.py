@@ -88,6 +88,28 @@ def test_same_padding_keeps_the_map_after_a_strided_first_layer():
         Factorized3dCore(spatial_padding=("valid",), rngs=nnx.Rngs(0))
 
 
+def test_input_padding_is_a_grey_border_around_the_stimulus():
+    """``input_padding`` = the unpadded core on frames with that many zero (mean-grey) pixels around them; the map
+    grows by the padding over the stride, and bad values fail at construction."""
+    kw = dict(
+        image_channels=1,
+        constant_channels=2,
+        hidden_channels=(2, 2),
+        spatial_kernels=(5, 3),
+        temporal_kernels=(2, 2),
+        spatial_strides=(2, 1),
+    )
+    padded, plain = Factorized3dCore(**kw, input_padding=4, rngs=nnx.Rngs(0)), Factorized3dCore(**kw, rngs=nnx.Rngs(0))
+    video = jax.random.normal(jax.random.key(0), (2, 6, 16, 20))
+    behavior = jax.random.normal(jax.random.key(1), (2, 6, 2))
+    got = padded(video, behavior, train=False)
+    expected = plain(jnp.pad(video, ((0, 0), (0, 0), (4, 4), (4, 4))), behavior, train=False)
+    chex.assert_shape(got, (2, 4, 8, 10, 2))
+    np.testing.assert_allclose(np.asarray(got), np.asarray(expected), atol=1e-6)
+    with pytest.raises(ValueError, match="input_padding -1"):
+        Factorized3dCore(**kw, input_padding=-1, rngs=nnx.Rngs(0))
+
+
 def test_batch_norm_momentum_follows_torch_convention():
     core = Factorized3dCore(hidden_channels=(2,), spatial_kernels=(3,), temporal_kernels=(1,), rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(0), (2, 3, 36, 64)) * 5 + 3

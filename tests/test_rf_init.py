@@ -124,10 +124,13 @@ def test_window_centres_by_hand():
         window_centres(np.arange(4.0), 5)
 
 
-@pytest.mark.parametrize("padding", [("valid", "valid", "valid"), ("valid", "same", "same")])
-def test_factorized_feature_pixels_are_where_each_output_cell_looks(padding):
+@pytest.mark.parametrize(
+    "padding, input_padding",
+    [(("valid", "valid", "valid"), 0), (("valid", "same", "same"), 0), (("valid", "valid", "valid"), 3)],
+)
+def test_factorized_feature_pixels_are_where_each_output_cell_looks(padding, input_padding):
     """The centre of the input region that reaches an output cell (the nonzero gradient's bounding box) is the
-    pixel ``feature_pixels`` names, for strided, unpadded and padded layers."""
+    pixel ``feature_pixels`` names, for strided, unpadded and padded layers and a padded stimulus."""
     core = Factorized3dCore(
         image_channels=1,
         constant_channels=0,
@@ -136,6 +139,7 @@ def test_factorized_feature_pixels_are_where_each_output_cell_looks(padding):
         temporal_kernels=(1, 1, 1),
         spatial_strides=(2, 1, 1),
         spatial_padding=padding,
+        input_padding=input_padding,
         rngs=nnx.Rngs(0),
     )
     rows, cols = core.feature_pixels((20, 27))
@@ -143,7 +147,7 @@ def test_factorized_feature_pixels_are_where_each_output_cell_looks(padding):
     out_shape = core(video, None, train=False).shape
     assert (len(rows), len(cols)) == out_shape[2:4]
     cells = [(len(rows) // 2, len(cols) // 2)]
-    if padding[1] == "valid":  # with zero padding, regions near the edges are cut off by the image border
+    if padding[1] == "valid" and not input_padding:  # with padding, regions near the edges leave the image
         cells += [(0, 0), (len(rows) - 1, len(cols) - 1)]
     for i, j in cells:
         grad = jax.grad(lambda v, i=i, j=j: core(v, None, train=False)[0, 0, i, j].sum())(video)[0, 0]

@@ -85,6 +85,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # cpu core's unpadded 6 × 20 map covers only screen rows 12–22 (centres lie in 8–28), and neurons outside
         # it were reached through features displaced by several pixels (BUILD_NOTES.md, in-silico section).
         c.model.core.spatial_padding = ("valid",) + ("same",) * (len(c.model.core.hidden_channels) - 1)
+    if "pad" in variant:  # e.g. "cpu,channels=32,rf_init,pad=4": mean-grey pixels around the stimulus
+        # The cpu core's unpadded map centres only screen rows 12–22 (true centres lie in 8–28); 4 px of grey
+        # around every frame move its cells to rows 8–26 without zero-padding any hidden layer (BUILD_NOTES.md).
+        c.model.core.input_padding = int(variant["pad"])
     if "channels" in variant:  # e.g. "cpu,channels=32,epochs=36": the in-silico model of BUILD_NOTES.md
         c.model.core.hidden_channels = (int(variant["channels"]),) * len(c.model.core.hidden_channels)
     if "epochs" in variant:  # a cosine schedule keeps its flat phase's share of the run

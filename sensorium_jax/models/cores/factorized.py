@@ -93,6 +93,7 @@ class Factorized3dCore(nnx.Module):
         temporal_kernels: Sequence[int] = (11, 5, 5),
         spatial_strides: Sequence[int] | None = None,
         spatial_padding: Sequence[str] | None = None,
+        input_padding: int = 0,
         bn_momentum: float = 0.7,
         gamma_input_spatial: float = 10.0,
         gamma_input_temporal: float = 0.01,
@@ -112,8 +113,15 @@ class Factorized3dCore(nnx.Module):
                 raise ValueError(
                     f"layer {index}: spatial_padding {padding!r} with stride {stride}; 'valid', or 'same' at stride 1"
                 )
+        if input_padding < 0:
+            raise ValueError(f"input_padding {input_padding}: a number of pixels >= 0")
         self.image_channels = image_channels
         self.constant_channels = constant_channels
+        # Pixels of mean grey (0 in normalised units) around every frame: unpadded layers shrink the map by their
+        # kernels, so without it no output cell is centred within (Σ receptive radii) of the screen's edge and
+        # neurons looking there are read out from displaced features. Unlike "same" padding of hidden layers this
+        # pads only the stimulus, whose zero means "no contrast", not the features.
+        self.input_padding = int(input_padding)
         self.gamma_input_spatial = gamma_input_spatial
         self.gamma_input_temporal = gamma_input_temporal
         self.compute_dtype = jnp.dtype(compute_dtype)
@@ -133,6 +141,9 @@ class Factorized3dCore(nnx.Module):
         """``video (B, T, H, W[, C])``, ``constants (B, T, K)`` → features ``(B, T − burn_in, H', W', C_out)``."""
         x = video[..., None] if video.ndim == 4 else video
         x = x.astype(self.compute_dtype)
+        if self.input_padding:
+            p = self.input_padding
+            x = jnp.pad(x, ((0, 0), (0, 0), (p, p), (p, p), (0, 0)))
         if self.constant_channels == 0:
             constants = None
         for index, layer in enumerate(self.layers):
@@ -142,7 +153,7 @@ class Factorized3dCore(nnx.Module):
     def feature_pixels(self, image_size: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """Pixel rows ``(H',)`` and columns ``(W',)`` on which the output cells of ``image_size`` frames are
         centred ("same" layers keep their input's grid)."""
-        rows, cols = (np.arange(n, dtype=np.float64) for n in image_size)
+        rows, cols = (np.arange(n + 2 * self.input_padding, dtype=np.float64) - self.input_padding for n in image_size)
         for layer in self.layers:
             if layer.padding == "VALID":
                 rows = window_centres(rows, layer.kernel_size, layer.stride)
