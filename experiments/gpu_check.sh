@@ -2,10 +2,12 @@
 # GPU checks in one short run (BUILD_NOTES.md, "On a GPU"): the GPU-only tests, which attention path the full
 # ViV1T takes, and the full-size benchmark against the PyTorch peers.
 #   bash experiments/gpu_check.sh OUT_DIR [CONFIGS [BENCHMARK FLAGS...]]
+# e.g. `bash experiments/gpu_check.sh out viv1t --mice=1`: at ten mice the PyTorch ViV1T peer asks for 69 GB for one
+# LayerNorm and fails on a 141 GB card (BUILD_NOTES.md, "On a GPU").
 # Wheels in .whl/ (if present) are installed first: a machine whose image lacks grain or ml-collections gets them
 # without reaching an index.
 set -u
-out=${1:?usage: gpu_check.sh OUT_DIR [CONFIGS]}
+out=${1:?usage: gpu_check.sh OUT_DIR [CONFIGS [BENCHMARK FLAGS...]]}
 configs=${2:-viv1t,factorized,gru}
 shift; shift || true
 mkdir -p "$out"
