@@ -3,7 +3,7 @@
 # ViV1T takes, and the full-size benchmark against the PyTorch peers.
 #   bash experiments/gpu_check.sh OUT_DIR [CONFIGS [BENCHMARK FLAGS...]]
 # e.g. `bash experiments/gpu_check.sh out viv1t --mice=1`: at ten mice the PyTorch ViV1T peer asks for 69 GB for one
-# LayerNorm and fails on a 141 GB card (BUILD_NOTES.md, "On a GPU").
+# LayerNorm, more than is left beside JAX's share of one 141 GB card (BUILD_NOTES.md, "On a GPU").
 # Wheels in .whl/ (if present) are installed first: a machine whose image lacks grain or ml-collections gets them
 # without reaching an index.
 set -u
