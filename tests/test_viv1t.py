@@ -169,15 +169,19 @@ def test_wrong_image_size_or_too_many_frames_fail_clearly():
 # ---------------------------------------------------------------- exactness of the pieces
 
 
-@pytest.mark.parametrize("image_channels", [1, 2])
-def test_fused_tokenizer_equals_explicit_tubelets(image_channels):
-    """LayerNorm(tubelet) → Linear → LayerNorm on explicitly unfolded tubelets of the image channels and the
+@pytest.mark.parametrize(
+    "image_channels, patch_norm, token_norm", [(1, True, True), (2, True, True), (2, False, True), (1, False, False)]
+)
+def test_fused_tokenizer_equals_explicit_tubelets(image_channels, patch_norm, token_norm):
+    """[LayerNorm(tubelet)] → Linear → [LayerNorm] on explicitly unfolded tubelets of the image channels and the
     broadcast constant channels (numpy, float64)."""
-    tok = tiny_core(image_channels=image_channels).tokenizer
+    tok = tiny_core(image_channels=image_channels, patch_norm=patch_norm, token_norm=token_norm).tokenizer
     rng = np.random.default_rng(3)
-    # non-trivial patch-norm parameters, so that folding them into the kernel is exercised
-    tok.patch_norm_scale.value = jnp.asarray(1.0 + 0.3 * rng.normal(size=tok.patch_norm_scale.shape), jnp.float32)
-    tok.patch_norm_bias.value = jnp.asarray(0.2 * rng.normal(size=tok.patch_norm_bias.shape), jnp.float32)
+    if patch_norm:  # non-trivial patch-norm parameters, so that folding them into the kernel is exercised
+        tok.patch_norm_scale.value = jnp.asarray(1.0 + 0.3 * rng.normal(size=tok.patch_norm_scale.shape), jnp.float32)
+        tok.patch_norm_bias.value = jnp.asarray(0.2 * rng.normal(size=tok.patch_norm_bias.shape), jnp.float32)
+    else:
+        assert not hasattr(tok, "patch_norm_scale")
     video = rng.normal(size=(2, 9, 20, 24, image_channels))
     constants = rng.normal(size=(2, 9, 4)) + 1.5
     p = {name: np.asarray(value, np.float64) for name, value in nnx.to_pure_dict(nnx.state(tok, nnx.Param)).items()}
@@ -192,15 +196,33 @@ def test_fused_tokenizer_equals_explicit_tubelets(image_channels):
         ],
         1,
     ).reshape(2, 6, 42, -1)  # (B, T', P, pt·ps·ps·C), ordered as the kernel
-    x = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5)
-    x = (x * p["patch_norm_scale"].reshape(-1) + p["patch_norm_bias"].reshape(-1)) @ p["kernel"].reshape(-1, 16)
-    x = x + p["bias"]
-    x = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5) * p["norm_scale"] + p["norm_bias"]
+    if patch_norm:
+        x = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5)
+        x = x * p["patch_norm_scale"].reshape(-1) + p["patch_norm_bias"].reshape(-1)
+    x = x @ p["kernel"].reshape(-1, 16) + p["bias"]
+    if token_norm:
+        x = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5)
+        x = x * p["norm_scale"] + p["norm_bias"]
     expected = x + p["spatial_pos"][None, None] + p["temporal_pos"][:6][None, :, None]
     graphdef, state = nnx.split(tok)
     got = jit(lambda s, v, c: nnx.merge(graphdef, s)(v, c, None))(state, video.astype(np.float32), constants)
     np.testing.assert_allclose(np.asarray(got), expected, atol=2e-4, rtol=2e-4)
 
+
+
+def test_patch_norm_makes_tokens_blind_to_contrast_and_its_absence_does_not():
+    """The reference's tubelet LayerNorm divides out each tubelet's contrast, so a faint and a strong copy of a
+    video give the same tokens; without it (``viv1t:cpu``) the tokens scale with the stimulus."""
+    video = random_inputs()[0][..., None]
+    for patch_norm in (True, False):
+        tok = tiny_core(constant_channels=0, patch_norm=patch_norm, token_norm=False).tokenizer
+        for offset in (tok.bias, tok.spatial_pos, tok.temporal_pos):  # tokens = projection alone
+            offset.value = jnp.zeros_like(offset.value)
+        graphdef, state = nnx.split(tok)
+        run = jit(lambda s, v: nnx.merge(graphdef, s)(v, None, None))
+        faint, strong = np.asarray(run(state, 0.1 * video)), np.asarray(run(state, video))
+        np.testing.assert_allclose(faint, strong if patch_norm else 0.1 * strong, rtol=1e-3, atol=1e-4)
+        assert np.abs(strong).max() > 0.1
 
 def _reference_attention(q, k, v, causal=False, kv_lengths=None):
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(q.shape[-1])

@@ -151,6 +151,8 @@ class TorchViV1TCore(nn.Module):
         drop_path: float = 0.0505,
         compute_dtype: str = "float32",
         remat: bool = False,
+        patch_norm: bool = True,
+        token_norm: bool = True,
         **unused,
     ):
         super().__init__()
@@ -158,9 +160,9 @@ class TorchViV1TCore(nn.Module):
         self.grid = ((h - spatial_patch) // spatial_stride + 1, (w - spatial_patch) // spatial_stride + 1)
         self.spatial_patch, self.spatial_stride, self.temporal_patch = spatial_patch, spatial_stride, temporal_patch
         patch_dim = in_channels * temporal_patch * spatial_patch**2
-        self.patch_norm = nn.LayerNorm(patch_dim)
+        self.patch_norm = nn.LayerNorm(patch_dim) if patch_norm else nn.Identity()
         self.proj = nn.Linear(patch_dim, embed_dim)
-        self.norm = nn.LayerNorm(embed_dim)
+        self.norm = nn.LayerNorm(embed_dim) if token_norm else nn.Identity()
         self.dropout = nn.Dropout(patch_dropout)
         self.spatial_pos = nn.Parameter(torch.randn(self.grid[0] * self.grid[1], embed_dim))
         self.temporal_pos = nn.Parameter(torch.randn(max_frames - temporal_patch + 1, embed_dim))

@@ -302,6 +302,8 @@ class TubeletTokenizer(nnx.Module):
         patch_dropout: float,
         spatial_pos_std: float,
         temporal_pos_std: float,
+        patch_norm: bool = True,
+        token_norm: bool = True,
         *,
         rngs: nnx.Rngs,
     ):
@@ -313,17 +315,21 @@ class TubeletTokenizer(nnx.Module):
         self.spatial_stride = spatial_stride
         self.temporal_patch = temporal_patch
         self.patch_dropout = patch_dropout
+        self.patch_norm = patch_norm
+        self.token_norm = token_norm
         self.grid = grid_shape(image_size, spatial_patch, spatial_stride)
         self.max_tokens = max_frames - temporal_patch + 1
         channels = image_channels + constant_channels
         kernel_shape = (temporal_patch, spatial_patch, spatial_patch, channels)
         fan_in = temporal_patch * spatial_patch * spatial_patch * channels
-        self.patch_norm_scale = nnx.Param(jnp.ones(kernel_shape))
-        self.patch_norm_bias = nnx.Param(jnp.zeros(kernel_shape))
+        if patch_norm:
+            self.patch_norm_scale = nnx.Param(jnp.ones(kernel_shape))
+            self.patch_norm_bias = nnx.Param(jnp.zeros(kernel_shape))
         self.kernel = nnx.Param(torch_linear_init(rngs.params(), (*kernel_shape, dim), fan_in))
         self.bias = nnx.Param(torch_linear_init(rngs.params(), (dim,), fan_in))
-        self.norm_scale = nnx.Param(jnp.ones((dim,)))
-        self.norm_bias = nnx.Param(jnp.zeros((dim,)))
+        if token_norm:
+            self.norm_scale = nnx.Param(jnp.ones((dim,)))
+            self.norm_bias = nnx.Param(jnp.zeros((dim,)))
         # torch.randn in the reference (std 1); the std is configurable because positions never seen in training
         # (clips shorter than full trials) keep their initial values until weight decay shrinks them.
         self.spatial_pos = nnx.Param(_normal(rngs.params(), (self.grid[0] * self.grid[1], dim), spatial_pos_std))
@@ -345,10 +351,13 @@ class TubeletTokenizer(nnx.Module):
         if grid != self.grid:
             raise ValueError(f"a {h}×{w} image gives a {grid} patch grid; the core was built for {self.grid}")
         kernel = self.kernel[...]
-        gamma, beta = self.patch_norm_scale[...], self.patch_norm_bias[...]
-        k_gamma = kernel * gamma[..., None]  # LayerNorm's scale folded into the projection
-        w_gamma = k_gamma.sum((0, 1, 2, 3))  # (D,): what the patch mean contributes, per unit of mean
-        offset = (kernel * beta[..., None]).sum((0, 1, 2, 3)) + self.bias[...]
+        if self.patch_norm:
+            gamma, beta = self.patch_norm_scale[...], self.patch_norm_bias[...]
+            k_gamma = kernel * gamma[..., None]  # LayerNorm's scale folded into the projection
+            w_gamma = k_gamma.sum((0, 1, 2, 3))  # (D,): what the patch mean contributes, per unit of mean
+            offset = (kernel * beta[..., None]).sum((0, 1, 2, 3)) + self.bias[...]
+        else:
+            k_gamma, offset = kernel, self.bias[...]
 
         video = video.astype(jnp.float32)
         patches = _spatial_patches(video.reshape(b * t, h, w, ci), ps, self.spatial_stride)
@@ -362,8 +371,6 @@ class TubeletTokenizer(nnx.Module):
             taps = range(first, min(first + TAPS_PER_MATMUL, pt))
             window = jnp.concatenate([patches[:, dt : dt + t_out] for dt in taps], axis=-1)
             projection = projection + window @ image_kernel[first : taps[-1] + 1].reshape(-1, image_kernel.shape[-1])
-        sum1 = _window_sum(patches.sum(-1), pt)  # (B, T', P): Σx and Σx² over each tubelet's image channels
-        sum2 = _window_sum(jnp.square(patches).sum(-1), pt)
         k = self.constant_channels
         if k:
             if constants is None or constants.shape[-1] != k:
@@ -374,13 +381,21 @@ class TubeletTokenizer(nnx.Module):
             windows = jnp.stack([constants[:, dt : dt + t_out] for dt in range(pt)], axis=2)  # (B, T', pt, K)
             constant_kernel = k_gamma[:, :, :, ci:].sum((1, 2))  # (pt, K, D): constant over the patch's pixels
             projection = projection + jnp.einsum("btjk,jkd->btd", windows, constant_kernel)[:, :, None]
-            sum1 = sum1 + ps * ps * windows.sum((2, 3))[:, :, None]
-            sum2 = sum2 + ps * ps * jnp.square(windows).sum((2, 3))[:, :, None]
-        count = pt * ps * ps * (ci + k)
-        mean = sum1 / count
-        var = jnp.maximum(sum2 / count - jnp.square(mean), 0.0)
-        tokens = jax.lax.rsqrt(var + LAYER_NORM_EPS)[..., None] * (projection - mean[..., None] * w_gamma) + offset
-        tokens = layer_norm(tokens, self.norm_scale[...], self.norm_bias[...])
+        if self.patch_norm:
+            # Σx and Σx² over each tubelet, image channels and constant channels
+            sum1 = _window_sum(patches.sum(-1), pt)  # (B, T', P)
+            sum2 = _window_sum(jnp.square(patches).sum(-1), pt)
+            if k:
+                sum1 = sum1 + ps * ps * windows.sum((2, 3))[:, :, None]
+                sum2 = sum2 + ps * ps * jnp.square(windows).sum((2, 3))[:, :, None]
+            count = pt * ps * ps * (ci + k)
+            mean = sum1 / count
+            var = jnp.maximum(sum2 / count - jnp.square(mean), 0.0)
+            tokens = jax.lax.rsqrt(var + LAYER_NORM_EPS)[..., None] * (projection - mean[..., None] * w_gamma) + offset
+        else:
+            tokens = projection + offset
+        if self.token_norm:
+            tokens = layer_norm(tokens, self.norm_scale[...], self.norm_bias[...])
         (keep,) = keep_masks(key, [(tokens.shape, self.patch_dropout)])
         tokens = apply_dropout(tokens, keep, self.patch_dropout)
         return tokens + self.spatial_pos[...][None, None] + self.temporal_pos[...][:t_out][None, :, None]
@@ -410,6 +425,8 @@ class ViV1TCore(nnx.Module):
         drop_path: float = 0.0505,
         spatial_pos_std: float = 1.0,
         temporal_pos_std: float = 1.0,
+        patch_norm: bool = True,
+        token_norm: bool = True,
         causal: bool = False,
         attention_implementation: AttentionImplementation = "auto",
         compute_dtype: str = "float32",
@@ -436,6 +453,8 @@ class ViV1TCore(nnx.Module):
             patch_dropout,
             spatial_pos_std,
             temporal_pos_std,
+            patch_norm,
+            token_norm,
             rngs=rngs,
         )
         self.spatial_blocks = nnx.List(
