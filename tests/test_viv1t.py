@@ -209,7 +209,6 @@ def test_fused_tokenizer_equals_explicit_tubelets(image_channels, patch_norm, to
     np.testing.assert_allclose(np.asarray(got), expected, atol=2e-4, rtol=2e-4)
 
 
-
 def test_patch_norm_makes_tokens_blind_to_contrast_and_its_absence_does_not():
     """The reference's tubelet LayerNorm divides out each tubelet's contrast, so a faint and a strong copy of a
     video give the same tokens; without it (``viv1t:cpu``) the tokens scale with the stimulus."""
@@ -219,10 +218,11 @@ def test_patch_norm_makes_tokens_blind_to_contrast_and_its_absence_does_not():
         for offset in (tok.bias, tok.spatial_pos, tok.temporal_pos):  # tokens = projection alone
             offset.value = jnp.zeros_like(offset.value)
         graphdef, state = nnx.split(tok)
-        run = jit(lambda s, v: nnx.merge(graphdef, s)(v, None, None))
+        run = jit(lambda s, v, g=graphdef: nnx.merge(g, s)(v, None, None))
         faint, strong = np.asarray(run(state, 0.1 * video)), np.asarray(run(state, video))
         np.testing.assert_allclose(faint, strong if patch_norm else 0.1 * strong, rtol=1e-3, atol=1e-4)
         assert np.abs(strong).max() > 0.1
+
 
 def _reference_attention(q, k, v, causal=False, kv_lengths=None):
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(q.shape[-1])
