@@ -79,6 +79,7 @@ def tiny_model_config(**core):
         embed_dim=16, num_heads=2, head_dim=8, ff_dim=16, temporal_patch=5, max_frames=40, spatial_patch=8
     )
     config.model.core.update(spatial_stride=8, **core)
+    config.model.output = "exp"  # the reference's (viv1t:cpu uses ELU + 1): the encoder test reads log-rates
     return config
 
 
