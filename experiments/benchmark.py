@@ -25,6 +25,7 @@ from pathlib import Path
 from absl import app, flags
 
 from experiments.config_flags_util import CONFIG_DIR
+from sensorium_jax.huge_pages import reexec_with_huge_pages
 
 _CONFIGS = flags.DEFINE_list("configs", [], "NAME[:VARIANT] of experiments/configs; default: every video config + :cpu")
 _STEPS = flags.DEFINE_integer("steps", 5, "timed train steps per config (median reported)")
@@ -278,4 +279,5 @@ def _metadata(jax, torch_peers, threads: int) -> dict:
 
 
 if __name__ == "__main__":
+    reexec_with_huge_pages()  # glibc reads its tunables only at start-up
     app.run(main)

@@ -18,6 +18,8 @@ import sys
 
 from absl import app, flags
 
+from sensorium_jax.huge_pages import reexec_with_huge_pages
+
 _WORKDIR = flags.DEFINE_string("workdir", "", "run folder(s) of experiments.train; comma-separated or a glob")
 _EXPERIMENT = flags.DEFINE_enum(
     "experiment", None, ["mei", "rf", "tuning", "behaviour", "validate"], "which in-silico experiment"
@@ -86,4 +88,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    reexec_with_huge_pages()  # glibc reads its tunables only at start-up
     app.run(main)

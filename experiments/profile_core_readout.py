@@ -20,6 +20,7 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 
+from sensorium_jax.huge_pages import reexec_with_huge_pages
 from sensorium_jax.models.cores.factorized import Factorized3dCore
 from sensorium_jax.models.readouts.gaussian import sample_and_project
 
@@ -107,4 +108,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    reexec_with_huge_pages()  # glibc reads its tunables only at start-up
     app.run(main)

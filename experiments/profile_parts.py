@@ -22,6 +22,7 @@ from flax import nnx
 from experiments.configs import gru as gru_config
 from experiments.configs import viv1t as viv1t_config
 from sensorium_jax.benchmarking.timing import time_calls
+from sensorium_jax.huge_pages import reexec_with_huge_pages
 from sensorium_jax.models.cores.gru import GRUCore
 from sensorium_jax.models.cores.viv1t import ViV1TCore
 
@@ -212,4 +213,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    reexec_with_huge_pages()  # glibc reads its tunables only at start-up
     app.run(main)

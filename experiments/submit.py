@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from absl import app, flags
 
+from sensorium_jax.huge_pages import reexec_with_huge_pages
+
 _WORKDIR = flags.DEFINE_string("workdir", None, "run folder(s) of experiments.train; comma-separated or a glob")
 _DATA = flags.DEFINE_string("data", "", "session folders or globs (default: the data the model was trained on)")
 _OUTPUT = flags.DEFINE_string("output", "", "where the files go (default: <workdir>/submission)")
@@ -50,4 +52,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    reexec_with_huge_pages()  # glibc reads its tunables only at start-up
     app.run(main)

@@ -16,6 +16,7 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from experiments.config_flags_util import resolve_config_argv
+from sensorium_jax.huge_pages import reexec_with_huge_pages
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiments/configs/<name>.py[:variant]", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints, logs and metrics go (resumes if present)")
@@ -69,4 +70,5 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 if __name__ == "__main__":
+    reexec_with_huge_pages()  # glibc reads its tunables only at start-up
     app.run(main, flags_parser=parse_flags)
