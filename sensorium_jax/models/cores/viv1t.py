@@ -5,7 +5,9 @@ Stages (reference: ``winning_models.md`` §3):
 1. **Tubelet tokens.** The video and the constant behaviour / pupil-centre channels are cut into overlapping
    tubelets (``temporal_patch`` frames at stride 1, ``spatial_patch``² pixels at ``spatial_stride``), each
    flattened and passed through LayerNorm → Linear → LayerNorm → dropout ("patch dropout"); learned spatial
-   ``(P, D)`` and temporal ``(T_max', D)`` positional embeddings are added.
+   ``(P, D)`` and temporal ``(T_max', D)`` positional embeddings are added. Either LayerNorm can be switched off
+   (``patch_norm``, ``token_norm``): the first makes each token blind to its tubelet's contrast, which costs a
+   model of contrast-driven neurons dearly (BUILD_NOTES.md, ViV1T).
 2. **Spatial transformer** over the ``P`` patches of each output frame, then a **temporal transformer** over the
    ``T'`` frames of each patch; no pooling, no class token, no final norm.
 3. The tokens, reshaped onto the patch grid, are the feature map ``(B, T', H', W', D)`` the Gaussian readouts
